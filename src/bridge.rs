@@ -1,0 +1,232 @@
+//! The bridge between the planes: typed `Command`s into a media worker (bounded, each with a
+//! oneshot reply), typed messages out to each participant's signaling session (bounded).
+//!
+//! The media worker never blocks on the control plane: it uses `try_send` everywhere. A
+//! participant whose outbound queue is full is too slow to follow the call and is removed
+//! (control messages are never dropped silently).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::media::stats::WorkerStats;
+use crate::signal::protocol::{
+    CandidateInit, MediaState, ParticipantInfo, PcKind, ServerMessage, TrackInfo, TrackSource,
+};
+
+/// How many commands may wait for a worker before callers get `server_busy`.
+pub const COMMAND_QUEUE: usize = 1024;
+/// How many messages may wait for one participant's signaling session.
+pub const PARTICIPANT_QUEUE: usize = 256;
+
+pub type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
+
+/// Who is joining, as the control plane authenticated them.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: String,
+    pub user_id: String,
+    pub name: String,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub max_participants: usize,
+}
+
+/// What a participant finds on joining.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub participant_id: String,
+    pub participants: Vec<ParticipantInfo>,
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// Why a participant leaves; shown to the others as `participant_left.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    Left,
+    Disconnected,
+    Timeout,
+    Kicked,
+    ServerShutdown,
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::Kicked => "kicked",
+            LeaveReason::ServerShutdown => "server_shutdown",
+        }
+    }
+}
+
+pub enum Command {
+    Join {
+        request: JoinRequest,
+        events: mpsc::Sender<ServerMessage>,
+        reply: Reply<Joined>,
+    },
+    PublishOffer {
+        participant_id: String,
+        sdp: String,
+        sources: HashMap<String, TrackSource>,
+        reply: Reply<String>,
+    },
+    SubscribeAnswer {
+        participant_id: String,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    Candidate {
+        participant_id: String,
+        pc: PcKind,
+        candidate: CandidateInit,
+        reply: Reply<()>,
+    },
+    MediaState {
+        participant_id: String,
+        state: MediaState,
+    },
+    Leave {
+        participant_id: String,
+        reason: LeaveReason,
+    },
+    Stats {
+        reply: oneshot::Sender<WorkerStats>,
+    },
+}
+
+/// Errors a command can end in; `code` is what clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("the room is full ({0} participants)")]
+    RoomFull(usize),
+    #[error("not in a room")]
+    NotJoined,
+    #[error("this token may not {0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    BadSdp(String),
+    #[error("{0}")]
+    BadCandidate(String),
+    #[error("no subscribe offer is waiting for an answer")]
+    NoOfferPending,
+    #[error("the media worker is busy; try again")]
+    Busy,
+    #[error("the media worker is gone")]
+    Gone,
+}
+
+impl MediaError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            MediaError::RoomFull(_) => "room_full",
+            MediaError::NotJoined => "not_joined",
+            MediaError::Forbidden(_) => "forbidden",
+            MediaError::BadSdp(_) => "bad_sdp",
+            MediaError::BadCandidate(_) => "bad_candidate",
+            MediaError::NoOfferPending => "no_offer_pending",
+            MediaError::Busy => "server_busy",
+            MediaError::Gone => "internal",
+        }
+    }
+}
+
+/// Wakes a worker blocked in `poll` (an eventfd).
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd. A full counter (EAGAIN)
+        // still leaves the fd readable, which is all a wake-up needs.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter after a wake-up.
+    pub fn drain(&self) {
+        let mut buf: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The control plane's handle to one media worker.
+#[derive(Clone)]
+pub struct MediaHandle {
+    tx: SyncSender<Command>,
+    waker: Arc<Waker>,
+}
+
+/// The worker's end of the bridge.
+pub struct CommandInbox {
+    pub rx: Receiver<Command>,
+    pub waker: Arc<Waker>,
+}
+
+pub fn channel() -> io::Result<(MediaHandle, CommandInbox)> {
+    let (tx, rx) = sync_channel(COMMAND_QUEUE);
+    let waker = Arc::new(Waker::new()?);
+    Ok((
+        MediaHandle {
+            tx,
+            waker: waker.clone(),
+        },
+        CommandInbox { rx, waker },
+    ))
+}
+
+impl MediaHandle {
+    /// Sends a command without waiting for the worker.
+    pub fn send(&self, command: Command) -> Result<(), MediaError> {
+        match self.tx.try_send(command) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(MediaError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(MediaError::Gone),
+        }
+    }
+
+    /// Sends a command built around a reply channel and waits for the reply.
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply))?;
+        rx.await.map_err(|_| MediaError::Gone)?
+    }
+
+    pub async fn stats(&self) -> Result<WorkerStats, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Stats { reply })?;
+        rx.await.map_err(|_| MediaError::Gone)
+    }
+}

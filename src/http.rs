@@ -1,0 +1,242 @@
+//! The HTTP surface: `/healthz`, `/api/dev/token`, `/ws`, and the embedded web client.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::auth::{Auth, AuthError, Claims, random_token, unix_now};
+use crate::bridge::{MediaError, MediaHandle};
+use crate::config::Config;
+use crate::signal::protocol::IceServer;
+use crate::signal::session;
+use crate::store::CallStore;
+
+/// Largest request body the API accepts.
+pub const MAX_BODY: usize = 256 * 1024;
+/// How long a dev-mode token lives.
+const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+/// Everything a request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Auth,
+    pub workers: Arc<Vec<MediaHandle>>,
+    pub store: CallStore,
+}
+
+impl AppState {
+    /// The media worker a room lives on (rooms are placed by a hash of their name).
+    pub fn worker_for(&self, room: &str) -> &MediaHandle {
+        let hash = room.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        &self.workers[(hash % self.workers.len() as u64) as usize]
+    }
+
+    /// STUN/TURN servers for a client; TURN credentials follow the TURN REST API.
+    pub fn ice_servers(&self, user_id: &str) -> Vec<IceServer> {
+        let mut servers = Vec::new();
+        if let Some(url) = &self.config.stun_url {
+            servers.push(IceServer {
+                urls: vec![url.clone()],
+                username: None,
+                credential: None,
+            });
+        }
+        if let Some(url) = &self.config.turn_url {
+            let (username, credential) = match &self.config.turn_secret {
+                Some(secret) => {
+                    let (u, c) = turn_credentials(secret, user_id, unix_now() + 24 * 3600);
+                    (Some(u), Some(c))
+                }
+                None => (None, None),
+            };
+            servers.push(IceServer {
+                urls: vec![url.clone()],
+                username,
+                credential,
+            });
+        }
+        servers
+    }
+}
+
+/// TURN REST API credentials: username `<expiry>:<user>`, password base64(HMAC-SHA1(secret, username)).
+pub fn turn_credentials(secret: &str, user_id: &str, expiry: u64) -> (String, String) {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let username = format!("{expiry}:{user_id}");
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, credential)
+}
+
+pub fn app(state: AppState) -> Router {
+    let mut api = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(ws));
+    if state.auth.dev_mode() {
+        api = api.route("/api/dev/token", post(dev_token));
+    }
+    api.fallback(static_file)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .with_state(state)
+}
+
+async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(session::MAX_MESSAGE)
+        .max_frame_size(session::MAX_MESSAGE)
+        .on_upgrade(move |socket| session::run(socket, state))
+}
+
+/// An API error: a stable code, a short message, a status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    }
+}
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> Self {
+        let status = match e {
+            MediaError::RoomFull(_) | MediaError::NoOfferPending => StatusCode::CONFLICT,
+            MediaError::NotJoined => StatusCode::NOT_FOUND,
+            MediaError::Forbidden(_) => StatusCode::FORBIDDEN,
+            MediaError::BadSdp(_) | MediaError::BadCandidate(_) => StatusCode::BAD_REQUEST,
+            MediaError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            MediaError::Gone => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Room names: 1 to 64 characters of `A-Z a-z 0-9 - _ .`.
+pub fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+#[derive(Deserialize)]
+struct DevTokenRequest {
+    name: String,
+    room: String,
+}
+
+#[derive(Serialize)]
+struct DevTokenResponse {
+    token: String,
+    user_id: String,
+}
+
+async fn dev_token(
+    State(state): State<AppState>,
+    body: Result<Json<DevTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<DevTokenResponse>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(ApiError::bad_request("name must be 1 to 64 characters"));
+    }
+    if !valid_room(&req.room) {
+        return Err(ApiError::bad_request(
+            "room must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    let user_id = format!("u-{}", random_token(8));
+    let token = state.auth.mint(&Claims {
+        sub: user_id.clone(),
+        name: name.to_owned(),
+        exp: unix_now() + DEV_TOKEN_TTL_SECS,
+        room: Some(req.room),
+        can_publish: true,
+        can_subscribe: true,
+        admin: false,
+    });
+    Ok(Json(DevTokenResponse { token, user_id }))
+}
+
+#[derive(rust_embed::RustEmbed)]
+#[folder = "web/"]
+struct WebAssets;
+
+async fn static_file(uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    match WebAssets::get(path) {
+        Some(file) => {
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            (
+                [
+                    (header::CONTENT_TYPE, mime.as_ref().to_owned()),
+                    (header::CACHE_CONTROL, "no-cache".to_owned()),
+                ],
+                file.data,
+            )
+                .into_response()
+        }
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such page").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_credentials_follow_the_rest_api() {
+        // Expected value from: printf '1700000000:alice' | openssl dgst -sha1 -hmac secret -binary | base64
+        let (u, c) = turn_credentials("secret", "alice", 1_700_000_000);
+        assert_eq!(u, "1700000000:alice");
+        assert_eq!(c, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+    }
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room("standup-2024_a.b"));
+        assert!(!valid_room(""));
+        assert!(!valid_room("a b"));
+        assert!(!valid_room(&"x".repeat(65)));
+    }
+}

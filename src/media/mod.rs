@@ -1,0 +1,23 @@
+//! The media plane: one worker thread owns one UDP socket, the rooms placed on it and every
+//! peer connection in those rooms. No tokio, no locks; time is a parameter.
+//!
+//! One turn of the loop (`Worker::turn`):
+//! 1. drain commands from the control plane;
+//! 2. read datagrams in batches and route each: a known source address → its peer; an unknown
+//!    one → only if it is a STUN Binding request whose USERNAME names one of our ufrags;
+//! 3. each touched peer's output is handled: RTP is forwarded to the down-tracks (payload shared,
+//!    header rewritten per leg), RTCP keyframe requests go upstream (throttled), events update
+//!    the room;
+//! 4. peers whose timers are due get `handle_timeout`;
+//! 5. every touched peer's `poll_write` is drained into one batched send.
+
+pub mod demux;
+pub mod keyframe;
+pub mod munger;
+pub mod net;
+pub mod peer;
+pub mod room;
+pub mod stats;
+mod worker;
+
+pub use worker::{Worker, spawn};

@@ -1,0 +1,245 @@
+//! The shared media socket with batched I/O: `recvmmsg` in, `sendmmsg` out.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+/// Largest datagram we accept; WebRTC stays under the path MTU.
+pub const MAX_DATAGRAM: usize = 2048;
+
+pub struct BatchSocket {
+    socket: UdpSocket,
+    bufs: Vec<[u8; MAX_DATAGRAM]>,
+    addrs: Vec<libc::sockaddr_storage>,
+}
+
+impl BatchSocket {
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        // Bursts of 20 participants' video: give the kernel room before we read.
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        let _ = socket.set_send_buffer_size(4 << 20);
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket: socket.into(),
+            bufs: vec![[0; MAX_DATAGRAM]; BATCH],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            addrs: vec![unsafe { zeroed() }; BATCH],
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.socket.as_raw_fd()
+    }
+
+    /// Reads up to `BATCH` datagrams; calls `each(source, bytes)` for each. Returns how many
+    /// were read (0 when nothing is waiting).
+    pub fn recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        // SAFETY: iovecs and headers point into self.bufs/self.addrs, which outlive the call
+        // and are not touched until it returns; the kernel writes at most iov_len/msg_namelen.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            hdrs[i].msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let n = unsafe {
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(err),
+            };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let len = hdrs[i].msg_len as usize;
+            if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                continue; // larger than any WebRTC datagram: not ours
+            }
+            if let Some(addr) = from_storage(&self.addrs[i]) {
+                each(addr, &self.bufs[i][..len]);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sends `datagrams` in batches. Returns how many the kernel refused for a full buffer
+    /// (they are dropped: media is loss-tolerant, and the peers retransmit control traffic).
+    pub fn send_batch<B: AsRef<[u8]>>(&self, datagrams: &[(SocketAddr, B)]) -> usize {
+        let mut refused = 0;
+        for chunk in datagrams.chunks(BATCH) {
+            let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+            let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+            for (i, (addr, bytes)) in chunk.iter().enumerate() {
+                let bytes = bytes.as_ref();
+                let namelen = to_storage(*addr, &mut names[i]);
+                iovs[i] = libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                };
+                hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+                hdrs[i].msg_hdr.msg_namelen = namelen;
+                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+                hdrs[i].msg_hdr.msg_iovlen = 1;
+            }
+            let mut sent = 0;
+            while sent < chunk.len() {
+                // SAFETY: every header points at live locals/`datagrams`, valid for the call.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        self.socket.as_raw_fd(),
+                        hdrs[sent..].as_mut_ptr(),
+                        (chunk.len() - sent) as u32,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    let err = io::Error::last_os_error();
+                    if err.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // Full buffer or an unreachable destination: skip this datagram.
+                    refused += 1;
+                    sent += 1;
+                } else {
+                    sent += n as usize;
+                }
+            }
+        }
+        refused
+    }
+}
+
+fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            let out = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in) };
+            out.sin_family = libc::AF_INET as libc::sa_family_t;
+            out.sin_port = a.port().to_be();
+            out.sin_addr = libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above.
+            let out = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in6) };
+            out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            out.sin6_port = a.port().to_be();
+            out.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            out.sin6_flowinfo = a.flowinfo();
+            out.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Blocks until the socket or the waker is readable, or `timeout_us` passes.
+pub fn wait(fds: [i32; 2], timeout: Option<std::time::Duration>) {
+    let mut pfds = [
+        libc::pollfd {
+            fd: fds[0],
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: fds[1],
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: pfds and ts live across the call; a null timeout means wait forever.
+    unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, ts_ptr, std::ptr::null()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trip_on_loopback() {
+        let mut a = BatchSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = BatchSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = a.local_addr().unwrap();
+        let msgs: Vec<(SocketAddr, Vec<u8>)> =
+            (0..40u8).map(|i| (to, vec![i; 10 + i as usize])).collect();
+        assert_eq!(b.send_batch(&msgs), 0);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < 40 && std::time::Instant::now() < deadline {
+            wait(
+                [a.raw_fd(), a.raw_fd()],
+                Some(std::time::Duration::from_millis(50)),
+            );
+            a.recv_batch(|from, bytes| got.push((from, bytes.to_vec())))
+                .unwrap();
+        }
+        assert_eq!(got.len(), 40);
+        assert!(got.iter().all(|(from, _)| *from == b.local_addr().unwrap()));
+        assert_eq!(got[39].1, vec![39; 49]);
+    }
+}

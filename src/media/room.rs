@@ -1,0 +1,156 @@
+//! The media plane's data: rooms, participants, tracks and down-tracks, with `Copy` ids.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use tokio::sync::mpsc;
+
+use super::keyframe::{KeyframeThrottle, VideoCodec};
+use super::munger::Munger;
+use super::peer::FORWARDED_EXTENSIONS;
+use crate::signal::protocol::{
+    MediaKind, MediaState, ParticipantInfo, PcKind, ServerMessage, TrackInfo, TrackSource,
+};
+
+macro_rules! id_type {
+    ($name:ident, $prefix:literal) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{:016x}"), self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                let hex = s.strip_prefix($prefix).ok_or(())?;
+                u64::from_str_radix(hex, 16).map($name).map_err(|_| ())
+            }
+        }
+    };
+}
+
+id_type!(ParticipantId, "p-");
+id_type!(TrackId, "t-");
+
+/// Index of a peer connection in the worker's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerId(pub u64);
+
+/// One `rtc` peer connection and its routing state.
+pub struct Peer {
+    pub pc: RTCPeerConnection,
+    pub kind: PcKind,
+    pub owner: ParticipantId,
+    pub ufrag: String,
+    /// Source addresses that proved they know our ufrag.
+    pub addrs: Vec<SocketAddr>,
+    pub next_timeout: Option<Instant>,
+    pub touched: bool,
+    pub connected: bool,
+}
+
+/// A user in a room.
+pub struct Participant {
+    pub id: ParticipantId,
+    pub room: String,
+    pub user_id: String,
+    pub name: String,
+    pub media: MediaState,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub events: mpsc::Sender<ServerMessage>,
+    pub publish: Option<PeerId>,
+    pub subscribe: Option<PeerId>,
+    /// What the publisher says each of its MediaStreamTracks shows (by msid track id).
+    pub sources: HashMap<String, TrackSource>,
+    /// Tracks this participant publishes, by the publish connection's track id.
+    pub published: HashMap<String, TrackId>,
+    /// What this participant receives.
+    pub downtracks: HashMap<TrackId, DownTrack>,
+    /// A subscribe offer is out and not yet answered.
+    pub offer_pending: bool,
+    /// The wanted set of tracks changed while an offer was out.
+    pub resync: bool,
+}
+
+impl Participant {
+    pub fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            participant_id: self.id.to_string(),
+            user_id: self.user_id.clone(),
+            name: self.name.clone(),
+            media: self.media,
+        }
+    }
+
+    /// The down-track a subscribe-connection track id belongs to.
+    pub fn downtrack_by_rtc_id(&self, rtc_track_id: &str) -> Option<TrackId> {
+        self.downtracks
+            .iter()
+            .find(|(_, dt)| dt.rtc_track_id == rtc_track_id)
+            .map(|(id, _)| *id)
+    }
+}
+
+#[derive(Default)]
+pub struct Room {
+    pub participants: Vec<ParticipantId>,
+    /// Smoothed audio level per participant (0 = silent, 127 = loudest) and the current speaker.
+    pub speaker: Option<ParticipantId>,
+}
+
+/// One published media source.
+pub struct Track {
+    pub id: TrackId,
+    pub owner: ParticipantId,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+    pub codec: RTCRtpCodec,
+    pub video: Option<VideoCodec>,
+    pub receiver_id: RTCRtpReceiverId,
+    /// The SSRC forwarded (the first simulcast layer seen, if several).
+    pub ssrc: u32,
+    /// Publisher-leg extension id → index into `FORWARDED_EXTENSIONS` (+1; 0 = not forwarded).
+    pub ext_in: [u8; 16],
+    pub keyframes: KeyframeThrottle,
+    /// Subscribers that hold a down-track of this track.
+    pub subscribers: Vec<ParticipantId>,
+    /// Audio level (RFC 6464, 0 loud … 127 silent) averaged since the last speaker check.
+    pub level_sum: u32,
+    pub level_count: u32,
+}
+
+impl Track {
+    pub fn info(&self) -> TrackInfo {
+        TrackInfo {
+            track_id: self.id.to_string(),
+            participant_id: self.owner.to_string(),
+            kind: self.kind,
+            source: self.source,
+            codec: self.codec.mime_type.clone(),
+        }
+    }
+}
+
+/// One track as sent to one subscriber.
+pub struct DownTrack {
+    pub sender_id: RTCRtpSenderId,
+    /// The track id on the subscribe connection (its `a=msid` track part).
+    pub rtc_track_id: String,
+    pub mid: String,
+    /// Payload type on this leg, once the answer fixed it.
+    pub out_pt: Option<u8>,
+    /// Index into `FORWARDED_EXTENSIONS` → this leg's extension id (0 = not negotiated).
+    pub ext_out: [u8; FORWARDED_EXTENSIONS.len()],
+    pub munger: Munger,
+    pub is_video: bool,
+}

@@ -1,0 +1,1365 @@
+//! The media worker: routing, forwarding, negotiation and the life cycle of participants.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{debug, info, warn};
+
+use super::demux::{DatagramKind, classify, stun_binding_local_ufrag};
+use super::keyframe::{VideoCodec, is_keyframe};
+use super::munger::Munger;
+use super::net::{BatchSocket, wait};
+use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
+use super::room::{DownTrack, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId};
+use super::stats::{Drop, WorkerStats};
+use crate::auth::random_token;
+use crate::bridge::{Command, CommandInbox, JoinRequest, Joined, LeaveReason, MediaError};
+use crate::signal::protocol::{
+    CandidateInit, MediaKind, MediaState, PcKind, ServerMessage, SubscribedTrack, TrackSource,
+};
+
+/// Most source addresses one peer may be reached from (ICE checks from several interfaces).
+const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most m-lines a publish offer may carry (microphone, camera, screen, screen audio, spare).
+const MAX_PUBLISH_SECTIONS: usize = 8;
+/// How often the loudest participant of each room is chosen.
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
+/// RFC 6464 level (−dBov) below which nobody counts as speaking.
+const SPEAKER_THRESHOLD: u32 = 60;
+/// Longest the loop sleeps when no timer is due.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// Starts a worker thread on `bind`, advertising `host` in its candidates.
+pub fn spawn(
+    index: usize,
+    bind: SocketAddr,
+    host_ip: std::net::IpAddr,
+    inbox: CommandInbox,
+) -> io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+    let socket = BatchSocket::bind(bind)?;
+    let local = socket.local_addr()?;
+    let host = SocketAddr::new(host_ip, local.port());
+    let mut worker = Worker::new(socket, host, inbox);
+    let handle = std::thread::Builder::new()
+        .name(format!("media-{index}"))
+        .spawn(move || worker.run())?;
+    Ok((local, handle))
+}
+
+pub struct Worker {
+    socket: BatchSocket,
+    /// Our advertised address: the host candidate and every datagram's `local_addr`.
+    host: SocketAddr,
+    inbox: CommandInbox,
+    peers: HashMap<PeerId, Peer>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<String, Room>,
+    tracks: HashMap<TrackId, Track>,
+    next_peer: u64,
+    stats: WorkerStats,
+    touched: Vec<PeerId>,
+    outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Participants to remove once the current step is done (e.g. their queue overflowed).
+    doomed: Vec<(ParticipantId, LeaveReason)>,
+    next_speaker_check: Instant,
+    stopped: bool,
+}
+
+impl Worker {
+    pub fn new(socket: BatchSocket, host: SocketAddr, inbox: CommandInbox) -> Self {
+        Self {
+            socket,
+            host,
+            inbox,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            next_peer: 1,
+            stats: WorkerStats::default(),
+            touched: Vec::new(),
+            outbox: Vec::new(),
+            doomed: Vec::new(),
+            next_speaker_check: Instant::now(),
+            stopped: false,
+        }
+    }
+
+    pub fn run(&mut self) {
+        info!(addr = %self.host, "media worker started");
+        while !self.stopped {
+            let now = Instant::now();
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
+            wait(
+                [self.socket.raw_fd(), self.inbox.waker.raw_fd()],
+                Some(timeout.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)),
+            );
+            self.turn(Instant::now());
+        }
+        info!("media worker stopped");
+    }
+
+    /// One turn of the loop; see the module docs.
+    pub fn turn(&mut self, now: Instant) {
+        self.inbox.waker.drain();
+        while let Ok(command) = self.inbox.rx.try_recv() {
+            self.handle_command(now, command);
+        }
+        if self.stopped {
+            return;
+        }
+        // Bounded, so timers and commands are never starved by a flood.
+        for _ in 0..8 {
+            let mut batch = Vec::new();
+            let read = self
+                .socket
+                .recv_batch(|from, bytes| batch.push((from, BytesMut::from(bytes))));
+            match read {
+                Ok(0) => break,
+                Ok(_) => {
+                    for (from, bytes) in batch {
+                        self.handle_datagram(now, from, bytes);
+                    }
+                }
+                Err(err) => {
+                    warn!(%err, "media socket read failed");
+                    break;
+                }
+            }
+        }
+        self.handle_timers(now);
+        self.reap();
+        self.flush();
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let peers = self.peers.values().filter_map(|p| p.next_timeout);
+        let keyframes = self.tracks.values().filter_map(|t| t.keyframes.deadline());
+        let speaker = (!self.rooms.is_empty()).then_some(self.next_speaker_check);
+        peers.chain(keyframes).chain(speaker).min()
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Join {
+                request,
+                events,
+                reply,
+            } => {
+                let _ = reply.send(self.join(now, request, events));
+            }
+            Command::PublishOffer {
+                participant_id,
+                sdp,
+                sources,
+                reply,
+            } => {
+                let result = self.publish_offer(now, &participant_id, sdp, sources);
+                let _ = reply.send(result);
+            }
+            Command::SubscribeAnswer {
+                participant_id,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe_answer(now, &participant_id, sdp));
+            }
+            Command::Candidate {
+                participant_id,
+                pc,
+                candidate,
+                reply,
+            } => {
+                let _ = reply.send(self.add_candidate(&participant_id, pc, candidate));
+            }
+            Command::MediaState {
+                participant_id,
+                state,
+            } => {
+                self.media_state(&participant_id, state);
+            }
+            Command::Leave {
+                participant_id,
+                reason,
+            } => {
+                if let Ok(id) = participant_id.parse() {
+                    self.remove_participant(now, id, reason);
+                }
+            }
+            Command::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.rooms = self.rooms.len();
+                stats.participants = self.participants.len();
+                stats.tracks = self.tracks.len();
+                let _ = reply.send(stats);
+            }
+        }
+    }
+
+    fn lookup(&self, participant_id: &str) -> Result<ParticipantId, MediaError> {
+        participant_id
+            .parse()
+            .ok()
+            .filter(|id| self.participants.contains_key(id))
+            .ok_or(MediaError::NotJoined)
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        request: JoinRequest,
+        events: tokio::sync::mpsc::Sender<ServerMessage>,
+    ) -> Result<Joined, MediaError> {
+        let room = self.rooms.entry(request.room.clone()).or_default();
+        if room.participants.len() >= request.max_participants {
+            if room.participants.is_empty() {
+                self.rooms.remove(&request.room);
+            }
+            return Err(MediaError::RoomFull(request.max_participants));
+        }
+        let id = loop {
+            let candidate = ParticipantId(rand::random());
+            if !self.participants.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let others: Vec<ParticipantId> = room.participants.clone();
+        room.participants.push(id);
+        let participant = Participant {
+            id,
+            room: request.room.clone(),
+            user_id: request.user_id,
+            name: request.name,
+            media: MediaState::default(),
+            can_publish: request.can_publish,
+            can_subscribe: request.can_subscribe,
+            events,
+            publish: None,
+            subscribe: None,
+            sources: HashMap::new(),
+            published: HashMap::new(),
+            downtracks: HashMap::new(),
+            offer_pending: false,
+            resync: false,
+        };
+        let info = participant.info();
+        self.participants.insert(id, participant);
+        info!(room = %request.room, participant = %id, "participant joined");
+
+        let joined = Joined {
+            participant_id: id.to_string(),
+            participants: others
+                .iter()
+                .filter_map(|p| self.participants.get(p))
+                .map(Participant::info)
+                .collect(),
+            tracks: self
+                .tracks
+                .values()
+                .filter(|t| others.contains(&t.owner))
+                .map(Track::info)
+                .collect(),
+        };
+        for other in &others {
+            self.notify(
+                *other,
+                ServerMessage::ParticipantJoined {
+                    participant: info.clone(),
+                },
+            );
+        }
+        self.sync_subscriptions(now, id);
+        Ok(joined)
+    }
+
+    fn publish_offer(
+        &mut self,
+        now: Instant,
+        participant_id: &str,
+        sdp: String,
+        sources: HashMap<String, TrackSource>,
+    ) -> Result<String, MediaError> {
+        let pid = self.lookup(participant_id)?;
+        if !self.participants[&pid].can_publish {
+            return Err(MediaError::Forbidden("publish"));
+        }
+        let sections = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        if sections == 0 {
+            return Err(MediaError::BadSdp("the offer has no media sections".into()));
+        }
+        if sections > MAX_PUBLISH_SECTIONS {
+            return Err(MediaError::BadSdp(format!(
+                "the offer has {sections} media sections; at most {MAX_PUBLISH_SECTIONS} are allowed"
+            )));
+        }
+        let offer = RTCSessionDescription::offer(sdp)
+            .map_err(|e| MediaError::BadSdp(format!("cannot parse the offer: {e}")))?;
+
+        let existing = self.participants[&pid].publish;
+        let peer_id = match existing {
+            Some(peer_id) => peer_id,
+            None => self.new_peer(now, pid, PcKind::Publish).map_err(|e| {
+                warn!(participant = %pid, error = %e, "cannot create a peer connection");
+                MediaError::BadSdp("cannot create a peer connection".into())
+            })?,
+        };
+        let result = {
+            let peer = self
+                .peers
+                .get_mut(&peer_id)
+                .expect("peer ids in participants are live");
+            apply_offer(&mut peer.pc, now, offer)
+        };
+        match result {
+            Ok(answer) => {
+                let participant = self.participants.get_mut(&pid).expect("looked up above");
+                participant.publish = Some(peer_id);
+                participant.sources.extend(sources);
+                self.touch(peer_id);
+                self.drop_unpublished_tracks(now, pid);
+                Ok(answer)
+            }
+            Err(message) => {
+                if existing.is_none() {
+                    self.destroy_peer(peer_id);
+                }
+                Err(MediaError::BadSdp(message))
+            }
+        }
+    }
+
+    fn subscribe_answer(
+        &mut self,
+        now: Instant,
+        participant_id: &str,
+        sdp: String,
+    ) -> Result<(), MediaError> {
+        let pid = self.lookup(participant_id)?;
+        let participant = self.participants.get_mut(&pid).expect("looked up above");
+        let (Some(peer_id), true) = (participant.subscribe, participant.offer_pending) else {
+            return Err(MediaError::NoOfferPending);
+        };
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|e| MediaError::BadSdp(format!("cannot parse the answer: {e}")))?;
+        let peer = self
+            .peers
+            .get_mut(&peer_id)
+            .expect("peer ids in participants are live");
+        peer.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| MediaError::BadSdp(format!("cannot apply the answer: {e}")))?;
+        participant.offer_pending = false;
+
+        // Fix each new leg's payload type and extension ids from what was negotiated.
+        for (track_id, dt) in participant.downtracks.iter_mut() {
+            if dt.out_pt.is_some() {
+                continue;
+            }
+            let Some(track) = self.tracks.get(track_id) else {
+                continue;
+            };
+            let Some(mut sender) = peer.pc.rtp_sender(dt.sender_id) else {
+                continue;
+            };
+            let params = sender.get_parameters();
+            dt.out_pt = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| same_codec(&c.rtp_codec, &track.codec))
+                .map(|c| c.payload_type);
+            for (i, uri) in FORWARDED_EXTENSIONS.iter().enumerate() {
+                dt.ext_out[i] = params
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|h| h.uri == *uri)
+                    .map_or(0, |h| h.id as u8);
+            }
+            if dt.out_pt.is_none() {
+                warn!(participant = %pid, track = %track_id, codec = %track.codec.mime_type,
+                    "the subscriber did not accept the track's codec");
+            }
+        }
+        self.touch(peer_id);
+        self.request_keyframes_for_new_legs(now, pid);
+        if std::mem::take(&mut self.participants.get_mut(&pid).expect("live").resync) {
+            self.sync_subscriptions(now, pid);
+        }
+        Ok(())
+    }
+
+    fn add_candidate(
+        &mut self,
+        participant_id: &str,
+        pc: PcKind,
+        candidate: CandidateInit,
+    ) -> Result<(), MediaError> {
+        let pid = self.lookup(participant_id)?;
+        if candidate.candidate.trim().is_empty() {
+            return Ok(()); // end-of-candidates
+        }
+        let participant = &self.participants[&pid];
+        let peer_id = match pc {
+            PcKind::Publish => participant.publish,
+            PcKind::Subscribe => participant.subscribe,
+        };
+        // The server is ICE-lite: a candidate only helps diagnostics. A candidate for a
+        // connection that does not exist yet is accepted and ignored, as browsers trickle early.
+        let Some(peer) = peer_id.and_then(|id| self.peers.get_mut(&id)) else {
+            return Ok(());
+        };
+        peer.pc
+            .add_remote_candidate(RTCIceCandidateInit {
+                candidate: candidate.candidate,
+                sdp_mid: candidate.sdp_mid,
+                sdp_mline_index: candidate.sdp_mline_index,
+                username_fragment: candidate.username_fragment,
+                ..Default::default()
+            })
+            .map_err(|e| MediaError::BadCandidate(format!("cannot use the candidate: {e}")))
+    }
+
+    fn media_state(&mut self, participant_id: &str, state: MediaState) {
+        let Ok(pid) = self.lookup(participant_id) else {
+            return;
+        };
+        let participant = self.participants.get_mut(&pid).expect("looked up above");
+        participant.media = state;
+        let room = participant.room.clone();
+        let msg = ServerMessage::MediaState {
+            participant_id: pid.to_string(),
+            audio: state.audio,
+            video: state.video,
+            screen: state.screen,
+        };
+        self.broadcast(&room, Some(pid), msg);
+    }
+
+    // ---- peers and routing --------------------------------------------------------------
+
+    fn new_peer(
+        &mut self,
+        now: Instant,
+        owner: ParticipantId,
+        kind: PcKind,
+    ) -> Result<PeerId, rtc::shared::error::Error> {
+        let ufrag = loop {
+            let u = random_token(6);
+            if !self.by_ufrag.contains_key(&u) {
+                break u;
+            }
+        };
+        let pwd = random_token(16);
+        let pc = peer::build(now, self.host, &ufrag, &pwd)?;
+        let id = PeerId(self.next_peer);
+        self.next_peer += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                pc,
+                kind,
+                owner,
+                ufrag,
+                addrs: Vec::new(),
+                next_timeout: None,
+                touched: false,
+                connected: false,
+            },
+        );
+        self.touch(id);
+        Ok(id)
+    }
+
+    fn destroy_peer(&mut self, id: PeerId) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        let _ = peer.pc.close();
+        // Send what closing produced (DTLS close_notify) so the client learns at once.
+        while let Some(msg) = peer.pc.poll_write() {
+            self.outbox.push((msg.transport.peer_addr, msg.message));
+        }
+        self.by_ufrag.remove(&peer.ufrag);
+        for addr in &peer.addrs {
+            self.by_addr.remove(addr);
+        }
+    }
+
+    fn touch(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&id)
+            && !peer.touched
+        {
+            peer.touched = true;
+            self.touched.push(id);
+        }
+    }
+
+    fn route(&mut self, from: SocketAddr, bytes: &[u8]) -> Option<PeerId> {
+        if let Some(id) = self.by_addr.get(&from) {
+            return Some(*id);
+        }
+        let ufrag = stun_binding_local_ufrag(bytes)?;
+        let id = *self.by_ufrag.get(ufrag)?;
+        let peer = self.peers.get_mut(&id)?;
+        if peer.addrs.len() >= MAX_ADDRS_PER_PEER {
+            return None;
+        }
+        peer.addrs.push(from);
+        self.by_addr.insert(from, id);
+        Some(id)
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: BytesMut) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        if classify(&bytes) == DatagramKind::Unknown {
+            self.stats.drop(Drop::NotWebRtc);
+            return;
+        }
+        let Some(peer_id) = self.route(from, &bytes) else {
+            self.stats.drop(Drop::UnknownSource);
+            return;
+        };
+        let peer = self
+            .peers
+            .get_mut(&peer_id)
+            .expect("routing tables hold live peers");
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.host,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: bytes,
+        };
+        if let Err(err) = peer.pc.handle_read(msg) {
+            debug!(%from, %err, "peer rejected a datagram");
+            self.stats.drop(Drop::PeerRejected);
+        }
+        self.touch(peer_id);
+        self.drain_peer(now, peer_id);
+    }
+
+    fn handle_timers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_timeout.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                let _ = peer.pc.handle_timeout(now);
+                peer.next_timeout = None;
+                self.touch(id);
+                self.drain_peer(now, id);
+            }
+        }
+        let keyframes_due: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| t.keyframes.deadline().is_some_and(|d| d <= now))
+            .map(|t| t.id)
+            .collect();
+        for id in keyframes_due {
+            if self
+                .tracks
+                .get_mut(&id)
+                .is_some_and(|t| t.keyframes.poll(now))
+            {
+                self.send_keyframe_request(now, id);
+            }
+        }
+        if now >= self.next_speaker_check {
+            self.next_speaker_check = now + SPEAKER_INTERVAL;
+            self.update_speakers();
+        }
+    }
+
+    /// Everything a peer produced after an input: forwarded RTP, keyframe requests, events.
+    fn drain_peer(&mut self, now: Instant, peer_id: PeerId) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
+                return;
+            };
+            let (owner, kind) = (peer.owner, peer.kind);
+            if let Some(msg) = peer.pc.poll_read() {
+                match msg.message {
+                    RTCMessage::RtpPacket(rtc_track_id, packet) if kind == PcKind::Publish => {
+                        let track = self
+                            .participants
+                            .get(&owner)
+                            .and_then(|p| p.published.get(&rtc_track_id))
+                            .copied();
+                        match track {
+                            Some(track_id) => self.forward(now, track_id, packet),
+                            None => self.stats.drop(Drop::NoSubscribers),
+                        }
+                    }
+                    RTCMessage::RtcpPacket(rtc_track_id, packets) if kind == PcKind::Subscribe => {
+                        let wants_keyframe = packets.iter().any(|p| {
+                            p.as_any().is::<PictureLossIndication>()
+                                || p.as_any().is::<FullIntraRequest>()
+                        });
+                        let track = self
+                            .participants
+                            .get(&owner)
+                            .and_then(|p| p.downtrack_by_rtc_id(&rtc_track_id));
+                        if let (true, Some(track_id)) = (wants_keyframe, track) {
+                            self.stats.keyframe_requests_in += 1;
+                            self.request_keyframe(now, track_id);
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if let Some(event) = peer.pc.poll_event() {
+                self.handle_peer_event(now, peer_id, event);
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn handle_peer_event(&mut self, now: Instant, peer_id: PeerId, event: RTCPeerConnectionEvent) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let (owner, kind) = (peer.owner, peer.kind);
+        match event {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if kind == PcKind::Publish =>
+            {
+                self.open_track(now, peer_id, init);
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                debug!(participant = %owner, pc = ?kind, %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        peer.connected = true;
+                        if kind == PcKind::Subscribe {
+                            self.request_keyframes_for_new_legs(now, owner);
+                        }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.doomed.push((owner, LeaveReason::Timeout));
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Failed,
+            ) => {
+                self.doomed.push((owner, LeaveReason::Timeout));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- tracks -------------------------------------------------------------------------
+
+    fn open_track(&mut self, now: Instant, peer_id: PeerId, init: RTCTrackEventInit) {
+        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        let owner = peer.owner;
+        let Some(participant) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        if participant.published.contains_key(&init.track_id) {
+            return; // another simulcast layer of a track we already forward
+        }
+        let Some(mut receiver) = peer.pc.rtp_receiver(init.receiver_id) else {
+            return;
+        };
+        let rtc_kind = receiver.track().kind();
+        let Some(codec) = receiver.track().codec(init.ssrc).cloned() else {
+            warn!(participant = %owner, "a track opened without a codec");
+            return;
+        };
+        let mut ext_in = [0u8; 16];
+        for h in &receiver.get_parameters().rtp_parameters.header_extensions {
+            if let Some(i) = FORWARDED_EXTENSIONS.iter().position(|u| *u == h.uri)
+                && (h.id as usize) < ext_in.len()
+            {
+                ext_in[h.id as usize] = i as u8 + 1;
+            }
+        }
+        let kind = if rtc_kind == RtpCodecKind::Audio {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        };
+        let source = participant
+            .sources
+            .get(&init.track_id)
+            .copied()
+            .unwrap_or(match kind {
+                MediaKind::Audio => TrackSource::Microphone,
+                MediaKind::Video => TrackSource::Camera,
+            });
+        let id = TrackId(rand::random());
+        participant.published.insert(init.track_id.clone(), id);
+        let track = Track {
+            id,
+            owner,
+            kind,
+            source,
+            video: VideoCodec::from_mime(&codec.mime_type),
+            codec,
+            receiver_id: init.receiver_id,
+            ssrc: init.ssrc,
+            ext_in,
+            keyframes: Default::default(),
+            subscribers: Vec::new(),
+            level_sum: 0,
+            level_count: 0,
+        };
+        info!(participant = %owner, track = %id, codec = %track.codec.mime_type, ?source, "track published");
+        let announce = ServerMessage::TrackAdded {
+            track: track.info(),
+        };
+        self.tracks.insert(id, track);
+        let room = self.participants[&owner].room.clone();
+        self.broadcast(&room, Some(owner), announce);
+        for other in self.room_members(&room) {
+            if other != owner {
+                self.sync_subscriptions(now, other);
+            }
+        }
+    }
+
+    /// After a publish renegotiation: tracks whose m-line no longer sends are unpublished.
+    fn drop_unpublished_tracks(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(participant) = self.participants.get(&pid) else {
+            return;
+        };
+        let Some(peer) = participant.publish.and_then(|id| self.peers.get_mut(&id)) else {
+            return;
+        };
+        let receiving: Vec<_> = (0..peer.pc.get_transceivers().count())
+            .filter_map(|i| {
+                let t = peer.pc.rtp_transceiver(i)?;
+                t.direction().has_recv().then(|| t.receiver()).flatten()
+            })
+            .collect();
+        let gone: Vec<TrackId> = participant
+            .published
+            .values()
+            .filter(|t| {
+                self.tracks
+                    .get(t)
+                    .is_some_and(|t| !receiving.contains(&t.receiver_id))
+            })
+            .copied()
+            .collect();
+        for track in gone {
+            self.remove_track(now, track);
+        }
+    }
+
+    fn remove_track(&mut self, now: Instant, id: TrackId) {
+        let Some(track) = self.tracks.remove(&id) else {
+            return;
+        };
+        let room = match self.participants.get_mut(&track.owner) {
+            Some(owner) => {
+                owner.published.retain(|_, t| *t != id);
+                owner.room.clone()
+            }
+            None => return,
+        };
+        info!(track = %id, participant = %track.owner, "track unpublished");
+        self.broadcast(
+            &room,
+            Some(track.owner),
+            ServerMessage::TrackRemoved {
+                track_id: id.to_string(),
+                participant_id: track.owner.to_string(),
+            },
+        );
+        for sub in track.subscribers {
+            self.sync_subscriptions(now, sub);
+        }
+    }
+
+    fn room_members(&self, room: &str) -> Vec<ParticipantId> {
+        self.rooms
+            .get(room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default()
+    }
+
+    // ---- subscriptions ------------------------------------------------------------------
+
+    /// Brings `pid`'s subscribe connection in line with the room: adds down-tracks for new
+    /// tracks, removes those of gone ones, and sends one offer. Offers never overlap.
+    fn sync_subscriptions(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(participant) = self.participants.get_mut(&pid) else {
+            return;
+        };
+        if !participant.can_subscribe {
+            return;
+        }
+        if participant.offer_pending {
+            participant.resync = true;
+            return;
+        }
+        let room = participant.room.clone();
+        let members = self.room_members(&room);
+        let wanted: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| t.owner != pid && members.contains(&t.owner))
+            .map(|t| t.id)
+            .collect();
+        let participant = self.participants.get_mut(&pid).expect("checked above");
+        let to_remove: Vec<TrackId> = participant
+            .downtracks
+            .keys()
+            .filter(|t| !wanted.contains(t))
+            .copied()
+            .collect();
+        let to_add: Vec<TrackId> = wanted
+            .iter()
+            .filter(|t| !participant.downtracks.contains_key(t))
+            .copied()
+            .collect();
+        if to_add.is_empty() && to_remove.is_empty() {
+            return;
+        }
+        let peer_id = match participant.subscribe {
+            Some(id) => id,
+            None => match self.new_peer(now, pid, PcKind::Subscribe) {
+                Ok(id) => {
+                    self.participants
+                        .get_mut(&pid)
+                        .expect("checked above")
+                        .subscribe = Some(id);
+                    id
+                }
+                Err(err) => {
+                    warn!(participant = %pid, %err, "cannot create the subscribe connection");
+                    self.doomed.push((pid, LeaveReason::Kicked));
+                    return;
+                }
+            },
+        };
+        let participant = self.participants.get_mut(&pid).expect("checked above");
+        let peer = self.peers.get_mut(&peer_id).expect("live peer");
+
+        for id in to_remove {
+            if let Some(dt) = participant.downtracks.remove(&id) {
+                let _ = peer.pc.remove_track(dt.sender_id);
+            }
+            if let Some(track) = self.tracks.get_mut(&id) {
+                track.subscribers.retain(|s| *s != pid);
+            }
+        }
+        for id in to_add {
+            let Some(track) = self.tracks.get_mut(&id) else {
+                continue;
+            };
+            let ssrc: u32 = rand::random();
+            let rtc_track_id = id.to_string();
+            let kind = match track.kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let media = MediaStreamTrack::new(
+                track.owner.to_string(),
+                rtc_track_id.clone(),
+                format!("{:?}", track.source),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: track.codec.clone(),
+                    ..Default::default()
+                }],
+            );
+            match peer.pc.add_track(media) {
+                Ok(sender_id) => {
+                    track.subscribers.push(pid);
+                    participant.downtracks.insert(
+                        id,
+                        DownTrack {
+                            sender_id,
+                            rtc_track_id,
+                            mid: String::new(),
+                            out_pt: None,
+                            ext_out: [0; FORWARDED_EXTENSIONS.len()],
+                            munger: Munger::new(ssrc, rand::random(), rand::random()),
+                            is_video: track.kind == MediaKind::Video,
+                        },
+                    );
+                }
+                Err(err) => warn!(participant = %pid, track = %id, %err, "cannot add a down-track"),
+            }
+        }
+
+        let offer = peer
+            .pc
+            .create_offer(None)
+            .and_then(|offer| peer.pc.set_local_description(now, offer));
+        let sdp = match (offer, peer.pc.local_description()) {
+            (Ok(()), Some(desc)) => desc.sdp,
+            (result, _) => {
+                warn!(participant = %pid, ?result, "cannot create a subscribe offer");
+                self.doomed.push((pid, LeaveReason::Kicked));
+                return;
+            }
+        };
+        // Which m-line carries which track.
+        for i in 0..peer.pc.get_transceivers().count() {
+            let Some(t) = peer.pc.rtp_transceiver(i) else {
+                continue;
+            };
+            let (Some(sender), Some(mid)) = (t.sender(), t.mid().clone()) else {
+                continue;
+            };
+            if let Some(dt) = participant
+                .downtracks
+                .values_mut()
+                .find(|dt| dt.sender_id == sender)
+            {
+                dt.mid = mid;
+            }
+        }
+        let tracks = participant
+            .downtracks
+            .iter()
+            .filter_map(|(id, dt)| {
+                Some(SubscribedTrack {
+                    mid: dt.mid.clone(),
+                    track: self.tracks.get(id)?.info(),
+                })
+            })
+            .collect();
+        participant.offer_pending = true;
+        self.touch(peer_id);
+        self.notify(pid, ServerMessage::SubscribeOffer { sdp, tracks });
+    }
+
+    // ---- forwarding ---------------------------------------------------------------------
+
+    /// Forwards one RTP packet of `track_id` to every down-track: the payload is shared, the
+    /// header rewritten for each leg.
+    fn forward(&mut self, now: Instant, track_id: TrackId, packet: rtc::rtp::Packet) {
+        self.stats.rtp_in += 1;
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if packet.header.ssrc != track.ssrc {
+            return; // a simulcast layer we do not forward
+        }
+        if track.kind == MediaKind::Audio
+            && let Some(level) = audio_level(&packet, &track.ext_in)
+        {
+            track.level_sum += 127 - u32::from(level);
+            track.level_count += 1;
+        }
+        if track.subscribers.is_empty() {
+            self.stats.drop(Drop::NoSubscribers);
+            return;
+        }
+        let keyframe = track.video.map(|codec| is_keyframe(codec, &packet.payload));
+        let mut wants_keyframe = false;
+        for sub in &track.subscribers {
+            let Some(participant) = self.participants.get_mut(sub) else {
+                continue;
+            };
+            let Some(dt) = participant.downtracks.get_mut(&track_id) else {
+                continue;
+            };
+            let Some(peer) = participant.subscribe.and_then(|id| self.peers.get_mut(&id)) else {
+                continue;
+            };
+            let Some(out_pt) = dt.out_pt.filter(|_| peer.connected) else {
+                self.stats.drop(Drop::LegNotReady);
+                continue;
+            };
+            if keyframe == Some(false) && !dt.munger.started() {
+                self.stats.drop(Drop::WaitingForKeyframe);
+                wants_keyframe = true;
+                continue;
+            }
+            let rewrite = dt
+                .munger
+                .rewrite(packet.header.sequence_number, packet.header.timestamp);
+            let mut out = rtc::rtp::Packet {
+                header: packet.header.clone(),
+                payload: packet.payload.clone(),
+            };
+            out.header.ssrc = rewrite.ssrc;
+            out.header.sequence_number = rewrite.sequence_number;
+            out.header.timestamp = rewrite.timestamp;
+            out.header.payload_type = out_pt;
+            remap_extensions(&mut out.header, &track.ext_in, &dt.ext_out);
+            let message = RTCMessage::RtpPacket(dt.rtc_track_id.clone(), out);
+            if peer
+                .pc
+                .handle_write(TaggedRTCMessage { now, message })
+                .is_err()
+            {
+                self.stats.drop(Drop::WriteFailed);
+                continue;
+            }
+            self.stats.rtp_forwarded += 1;
+            if !peer.touched {
+                peer.touched = true;
+                self.touched
+                    .push(participant.subscribe.expect("matched above"));
+            }
+        }
+        if wants_keyframe {
+            self.request_keyframe(now, track_id);
+        }
+    }
+
+    fn request_keyframes_for_new_legs(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(participant) = self.participants.get(&pid) else {
+            return;
+        };
+        let connected = participant
+            .subscribe
+            .and_then(|id| self.peers.get(&id))
+            .is_some_and(|p| p.connected);
+        if !connected {
+            return;
+        }
+        let fresh: Vec<TrackId> = participant
+            .downtracks
+            .iter()
+            .filter(|(_, dt)| dt.is_video && dt.out_pt.is_some() && !dt.munger.started())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in fresh {
+            self.request_keyframe(now, id);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, track_id: TrackId) {
+        if self
+            .tracks
+            .get_mut(&track_id)
+            .is_some_and(|t| t.kind == MediaKind::Video && t.keyframes.request(now))
+        {
+            self.send_keyframe_request(now, track_id);
+        }
+    }
+
+    fn send_keyframe_request(&mut self, now: Instant, track_id: TrackId) {
+        let Some(track) = self.tracks.get(&track_id) else {
+            return;
+        };
+        let Some(peer_id) = self.participants.get(&track.owner).and_then(|p| p.publish) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: track.ssrc,
+        };
+        if let Some(mut receiver) = peer.pc.rtp_receiver(track.receiver_id)
+            && receiver.write_rtcp(now, vec![Box::new(pli)]).is_ok()
+        {
+            self.stats.keyframe_requests_out += 1;
+            self.touch(peer_id);
+        }
+    }
+
+    fn update_speakers(&mut self) {
+        let mut loudest: HashMap<&str, (u32, ParticipantId)> = HashMap::new();
+        for track in self.tracks.values_mut() {
+            if track.level_count == 0 {
+                continue;
+            }
+            let level = track.level_sum / track.level_count;
+            track.level_sum = 0;
+            track.level_count = 0;
+            let Some(owner) = self.participants.get(&track.owner) else {
+                continue;
+            };
+            if level >= 127 - SPEAKER_THRESHOLD {
+                let entry = loudest
+                    .entry(owner.room.as_str())
+                    .or_insert((0, track.owner));
+                if level > entry.0 {
+                    *entry = (level, track.owner);
+                }
+            }
+        }
+        let changes: Vec<(String, ParticipantId)> = loudest
+            .into_iter()
+            .filter(|(room, (_, p))| self.rooms.get(*room).is_some_and(|r| r.speaker != Some(*p)))
+            .map(|(room, (_, p))| (room.to_owned(), p))
+            .collect();
+        for (room, speaker) in changes {
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.speaker = Some(speaker);
+            }
+            self.broadcast(
+                &room,
+                None,
+                ServerMessage::ActiveSpeaker {
+                    participant_id: speaker.to_string(),
+                },
+            );
+        }
+    }
+
+    // ---- leaving ------------------------------------------------------------------------
+
+    fn remove_participant(&mut self, now: Instant, pid: ParticipantId, reason: LeaveReason) {
+        let Some(participant) = self.participants.get(&pid) else {
+            return;
+        };
+        let room = participant.room.clone();
+        info!(room = %room, participant = %pid, reason = reason.as_str(), "participant left");
+        let published: Vec<TrackId> = participant.published.values().copied().collect();
+        for track in published {
+            self.remove_track(now, track);
+        }
+        let participant = self.participants.remove(&pid).expect("checked above");
+        for track in participant.downtracks.keys() {
+            if let Some(t) = self.tracks.get_mut(track) {
+                t.subscribers.retain(|s| *s != pid);
+            }
+        }
+        for peer in [participant.publish, participant.subscribe]
+            .into_iter()
+            .flatten()
+        {
+            self.destroy_peer(peer);
+        }
+        let left = ServerMessage::ParticipantLeft {
+            participant_id: pid.to_string(),
+            reason: reason.as_str().into(),
+        };
+        // Tell the participant too (its socket may still be open after a media timeout).
+        let _ = participant.events.try_send(left.clone());
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.participants.retain(|p| *p != pid);
+            if r.speaker == Some(pid) {
+                r.speaker = None;
+            }
+            if r.participants.is_empty() {
+                self.rooms.remove(&room);
+                info!(room = %room, "room closed");
+            }
+        }
+        self.broadcast(&room, None, left);
+    }
+
+    fn reap(&mut self) {
+        while let Some((pid, reason)) = self.doomed.pop() {
+            self.remove_participant(Instant::now(), pid, reason);
+        }
+    }
+
+    // ---- messages to participants -------------------------------------------------------
+
+    fn notify(&mut self, pid: ParticipantId, msg: ServerMessage) {
+        let Some(participant) = self.participants.get(&pid) else {
+            return;
+        };
+        match participant.events.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(participant = %pid, "signaling queue full; removing the participant");
+                self.doomed.push((pid, LeaveReason::Kicked));
+            }
+            Err(TrySendError::Closed(_)) => self.doomed.push((pid, LeaveReason::Disconnected)),
+        }
+    }
+
+    fn broadcast(&mut self, room: &str, except: Option<ParticipantId>, msg: ServerMessage) {
+        for pid in self.room_members(room) {
+            if Some(pid) != except {
+                self.notify(pid, msg.clone());
+            }
+        }
+    }
+
+    // ---- output -------------------------------------------------------------------------
+
+    fn flush(&mut self) {
+        for id in std::mem::take(&mut self.touched) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.touched = false;
+            while let Some(msg) = peer.pc.poll_write() {
+                self.outbox.push((msg.transport.peer_addr, msg.message));
+            }
+            peer.next_timeout = peer.pc.poll_timeout();
+        }
+        if self.outbox.is_empty() {
+            return;
+        }
+        let refused = self.socket.send_batch(&self.outbox);
+        for _ in 0..refused {
+            self.stats.drop(Drop::SendBufferFull);
+        }
+        self.stats.datagrams_out += (self.outbox.len() - refused) as u64;
+        self.stats.bytes_out += self.outbox.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        self.outbox.clear();
+    }
+}
+
+/// Applies a publish offer and returns the answer's SDP, or why it could not.
+fn apply_offer(
+    pc: &mut rtc::peer_connection::RTCPeerConnection,
+    now: Instant,
+    offer: RTCSessionDescription,
+) -> Result<String, String> {
+    pc.set_remote_description(now, offer)
+        .map_err(|e| format!("cannot apply the offer: {e}"))?;
+    let answer = pc
+        .create_answer(None)
+        .map_err(|e| format!("cannot answer the offer: {e}"))?;
+    pc.set_local_description(now, answer)
+        .map_err(|e| format!("cannot answer the offer: {e}"))?;
+    pc.local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| "no answer was produced".to_owned())
+}
+
+/// Keeps the forwarded header extensions, renumbered for the outgoing leg; drops the rest.
+fn remap_extensions(
+    header: &mut rtc::rtp::header::Header,
+    ext_in: &[u8; 16],
+    ext_out: &[u8; FORWARDED_EXTENSIONS.len()],
+) {
+    if !header.extension {
+        return;
+    }
+    header.extensions.retain_mut(|ext| {
+        let which = ext_in.get(ext.id as usize).copied().unwrap_or(0);
+        match which.checked_sub(1).map(|i| ext_out[i as usize]) {
+            Some(out_id) if out_id != 0 => {
+                ext.id = out_id;
+                true
+            }
+            _ => false,
+        }
+    });
+    header.extension = !header.extensions.is_empty();
+    if header.extension {
+        header.extension_profile = 0xBEDE;
+    }
+}
+
+/// The RFC 6464 level of an audio packet (0 = loudest, 127 = silence), if it carries one.
+fn audio_level(packet: &rtc::rtp::Packet, ext_in: &[u8; 16]) -> Option<u8> {
+    let audio_level_index = 1 + FORWARDED_EXTENSIONS
+        .iter()
+        .position(|u| *u == peer::AUDIO_LEVEL_URI)? as u8;
+    let id = ext_in.iter().position(|&w| w == audio_level_index)?;
+    let ext = packet
+        .header
+        .extensions
+        .iter()
+        .find(|e| e.id as usize == id)?;
+    ext.payload.first().map(|b| b & 0x7f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtp::header::{Extension, Header};
+
+    #[test]
+    fn remaps_forwarded_extensions_and_drops_the_rest() {
+        let mut ext_in = [0u8; 16];
+        ext_in[1] = 1; // audio level arrives as id 1
+        ext_in[4] = 2; // video orientation arrives as id 4
+        let ext_out = [9, 0]; // audio level leaves as 9; orientation not negotiated
+        let mut header = Header {
+            extension: true,
+            extension_profile: 0xBEDE,
+            extensions: vec![
+                Extension {
+                    id: 1,
+                    payload: bytes::Bytes::from_static(&[0x85]),
+                },
+                Extension {
+                    id: 3,
+                    payload: bytes::Bytes::from_static(&[1, 2, 3]),
+                },
+                Extension {
+                    id: 4,
+                    payload: bytes::Bytes::from_static(&[0]),
+                },
+            ],
+            ..Default::default()
+        };
+        remap_extensions(&mut header, &ext_in, &ext_out);
+        assert_eq!(header.extensions.len(), 1);
+        assert_eq!(header.extensions[0].id, 9);
+        assert!(header.extension);
+
+        let mut header = Header {
+            extension: true,
+            extensions: vec![Extension {
+                id: 3,
+                payload: bytes::Bytes::from_static(&[1]),
+            }],
+            ..Default::default()
+        };
+        remap_extensions(&mut header, &ext_in, &ext_out);
+        assert!(!header.extension);
+    }
+
+    #[test]
+    fn reads_the_audio_level() {
+        let mut ext_in = [0u8; 16];
+        ext_in[5] = 1;
+        let packet = rtc::rtp::Packet {
+            header: Header {
+                extension: true,
+                extensions: vec![Extension {
+                    id: 5,
+                    payload: bytes::Bytes::from_static(&[0x80 | 30]),
+                }],
+                ..Default::default()
+            },
+            payload: bytes::Bytes::new(),
+        };
+        assert_eq!(audio_level(&packet, &ext_in), Some(30));
+        assert_eq!(audio_level(&packet, &[0; 16]), None);
+    }
+}
