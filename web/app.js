@@ -147,10 +147,11 @@ function setView(view) {
   if (view === 'call') tiles.layout();
 }
 
-function setButton(btn, { on, label, aria, off }) {
+function setButton(btn, { on, label, aria, off, icon }) {
   btn.setAttribute('aria-pressed', String(!!on));
   btn.setAttribute('aria-label', aria);
   btn.querySelector('span').textContent = label;
+  if (icon) btn.querySelector('use').setAttribute('href', icon);
   if (off) btn.dataset.off = 'true';
   else delete btn.dataset.off;
 }
@@ -338,12 +339,14 @@ function renderPreview() {
     label: l.mic ? (l.micOn ? 'Mic on' : 'Mic off') : 'No mic',
     aria: l.micOn ? 'Turn microphone off' : 'Turn microphone on',
     off: !(l.micOn && l.mic),
+    icon: l.micOn && l.mic ? '#i-mic' : '#i-mic-off',
   });
   setButton(els.lobbyCamera, {
     on: l.camOn && !!l.camera,
     label: l.camera ? (l.camOn ? 'Camera on' : 'Camera off') : (l.camOn ? 'No camera' : 'Camera off'),
     aria: l.camOn ? 'Turn camera off' : 'Turn camera on',
     off: !(l.camOn && l.camera),
+    icon: l.camOn && l.camera ? '#i-cam' : '#i-cam-off',
   });
 }
 
@@ -632,9 +635,9 @@ function drawCall() {
     setStatus(`In the call · ${people.length} ${people.length === 1 ? 'person' : 'people'}`, 'ok');
   }
   const micOn = !!(call.local.mic && call.local.micOn);
-  setButton($('#mute'), { on: !micOn, label: micOn ? 'Mute' : 'Unmute', aria: micOn ? 'Mute microphone' : 'Unmute microphone', off: !micOn });
+  setButton($('#mute'), { on: !micOn, label: micOn ? 'Mute' : 'Unmute', aria: micOn ? 'Mute microphone' : 'Unmute microphone', off: !micOn, icon: micOn ? '#i-mic' : '#i-mic-off' });
   const camOn = !!(call.local.camera && call.local.camOn);
-  setButton($('#camera'), { on: !camOn, label: camOn ? 'Stop video' : 'Start video', aria: camOn ? 'Turn camera off' : 'Turn camera on', off: !camOn });
+  setButton($('#camera'), { on: !camOn, label: camOn ? 'Stop video' : 'Start video', aria: camOn ? 'Turn camera off' : 'Turn camera on', off: !camOn, icon: camOn ? '#i-cam' : '#i-cam-off' });
   const sharing = !!call.local.screen;
   setButton($('#screen'), { on: sharing, label: sharing ? 'Stop sharing' : 'Share screen', aria: sharing ? 'Stop sharing your screen' : 'Share your screen' });
   $('#screen').disabled = !navigator.mediaDevices || !navigator.mediaDevices.getDisplayMedia;

@@ -91,6 +91,7 @@ export class Call extends EventTarget {
     this.speakerSince = 0;
     this.levelTimer = 0;
     this.disconnectTimer = 0;
+    this.stableTimer = 0;
     this.reconnectAttempt = 0;
     this.joinedAt = 0;
     this.onPageHide = () => this.leave('pagehide');
@@ -145,7 +146,10 @@ export class Call extends EventTarget {
     if (gen !== this.gen) throw new SignalError('closed', 'superseded');
     this.applyJoined(joined);
     this.setState('joined');
-    this.reconnectAttempt = 0;
+    // The back-off restarts only once a connection has held for a while, so a server that
+    // drops us right after joining is not hammered.
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => { this.reconnectAttempt = 0; }, 15_000);
     this.sendMediaState();
     if (this.local.mic) this.addSendTrack('microphone', this.local.mic);
     if (this.local.camera) this.addSendTrack('camera', this.local.camera);
@@ -224,6 +228,7 @@ export class Call extends EventTarget {
   teardown() {
     this.gen += 1;
     clearTimeout(this.disconnectTimer);
+    clearTimeout(this.stableTimer);
     if (this.sig) this.sig.close();
     this.sig = null;
     for (const pc of [this.pubPc, this.subPc]) {
@@ -360,7 +365,7 @@ export class Call extends EventTarget {
   // ----- subscribe connection --------------------------------------------------------------
 
   newPc(kind) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     pc.onicecandidate = (ev) => {
       if (ev.candidate && ev.candidate.candidate && this.sig) {
         this.sig.send({ type: 'candidate', pc: kind, candidate: ev.candidate.toJSON() });

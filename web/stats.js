@@ -60,9 +60,11 @@ export class HealthSampler {
       route = `${addr(l)} → ${addr(r)}`;
     }
 
+    const idle = pc.getTransceivers().length === 0;
     const out = {
       label: this.label,
-      connectionState: pc.connectionState || pc.iceConnectionState,
+      // A connection that carries nothing yet (a subscribe offer with no tracks) never connects.
+      connectionState: idle ? 'idle' : (pc.connectionState || pc.iceConnectionState),
       iceState: pc.iceConnectionState,
       rttMs,
       sendKbps: null,

@@ -109,8 +109,9 @@ export function chromiumArgs(userDataDir, extra = []) {
     '--disable-background-timer-throttling', '--disable-backgrounding-occluded-windows',
     '--disable-renderer-backgrounding', '--disable-back-forward-cache',
     // media
+    // (--use-fake-ui-for-media-stream also grants permissions and makes getDisplayMedia pick
+    // the fake screen without a picker.)
     '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-    '--auto-select-desktop-capture-source=Entire screen',
     '--allow-loopback-in-peer-connection', '--force-webrtc-ip-handling-policy=default',
     '--autoplay-policy=no-user-gesture-required',
     // Only the last --disable-features counts: ours is the only one (Playwright's own list,
