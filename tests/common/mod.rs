@@ -1,0 +1,774 @@
+//! Shared harness for the integration tests: the real server binary on loopback, a WebSocket
+//! signaling client, and an independent WebRTC participant built on the async `webrtc` crate
+//! (its own sockets, its own ICE/DTLS/SRTP stack).
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    Slot, register_default_interceptors,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCPeerConnectionState,
+};
+
+pub const OPUS_PT: u8 = 111;
+pub const VP8_PT: u8 = 96;
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `switchboard` binary, on loopback, with its own data directory.
+pub struct TestServer {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    pub secret: Option<String>,
+}
+
+impl TestServer {
+    pub async fn start(extra: &[&str]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), extra).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.args([
+            "--http-addr",
+            &http.to_string(),
+            "--udp-port",
+            &udp.port().to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        let child = cmd.spawn().expect("start switchboard");
+        let secret = extra
+            .windows(2)
+            .find(|w| w[0] == "--jwt-secret")
+            .map(|w| w[1].to_owned());
+        let server = Self {
+            child,
+            http,
+            udp,
+            data_dir,
+            secret,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = http_request(http, "GET", "/healthz", None, None).await
+                && resp.0 == 200
+            {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// A dev-mode token for `name` in `room`.
+    pub async fn dev_token(&self, name: &str, room: &str) -> String {
+        let (status, body) = http_request(
+            self.http,
+            "POST",
+            "/api/dev/token",
+            None,
+            Some(json!({"name": name, "room": room})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client over a raw TCP stream (no extra dependencies, no proxies).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> std::io::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    let value = serde_json::from_str(&rest).unwrap_or(Value::String(rest));
+    Ok((status, value))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A raw signaling connection: send JSON, receive JSON.
+pub struct Signal {
+    tx: mpsc::UnboundedSender<Message>,
+    rx: mpsc::UnboundedReceiver<Value>,
+    pub closed: Arc<AtomicBool>,
+}
+
+impl Signal {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect /ws");
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (in_tx, rx) = mpsc::unbounded_channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let closed2 = closed.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if let Message::Text(t) = m {
+                    let _ = in_tx.send(serde_json::from_str(&t).unwrap());
+                }
+            }
+            closed2.store(true, Ordering::SeqCst);
+        });
+        Self { tx, rx, closed }
+    }
+
+    pub fn send(&self, v: Value) {
+        let _ = self.tx.send(Message::Text(v.to_string().into()));
+    }
+
+    pub fn send_raw(&self, m: Message) {
+        let _ = self.tx.send(m);
+    }
+
+    /// The next message, or None after `within`.
+    pub async fn recv(&mut self, within: Duration) -> Option<Value> {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Skips messages until one of `typ` arrives.
+    pub async fn expect(&mut self, typ: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Some(v) if v["type"] == typ => return v,
+                Some(_) => continue,
+                None => panic!("no {typ} message within 15 s"),
+            }
+        }
+    }
+
+    pub async fn auth_and_join(&mut self, token: &str, room: &str) -> Value {
+        self.send(json!({"type": "auth", "token": token}));
+        self.expect("authenticated").await;
+        self.send(json!({"type": "join", "room": room}));
+        let v = self
+            .recv(Duration::from_secs(10))
+            .await
+            .expect("join answered");
+        v
+    }
+}
+
+/// What one subscriber received of one track.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    pub publisher: String,
+    pub kind: String,
+    pub packets: u64,
+    pub seqs: Vec<u16>,
+    pub ssrcs: Vec<u32>,
+    pub first_payload: Vec<u8>,
+    pub payload_types: Vec<u8>,
+}
+
+type ReceivedMap = Arc<Mutex<HashMap<String, Received>>>;
+
+/// Marks inbound RTCP for the application so the publisher sees PLIs.
+#[derive(Default)]
+struct DeliverRtcp {
+    r: VecDeque<TaggedPacket>,
+    w: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.r.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.r.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.w.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.w.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
+impl Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: "pli".into(),
+            },
+        ],
+    }
+}
+
+struct Handler {
+    received: ReceivedMap,
+    offered: Arc<Mutex<HashMap<String, (String, String)>>>,
+    connected: Arc<Notify>,
+    state: Arc<Mutex<String>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        *self.state.lock().unwrap() = state.to_string();
+        if state == RTCPeerConnectionState::Connected {
+            self.connected.notify_waiters();
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let received = self.received.clone();
+        let offered = self.offered.clone();
+        tokio::spawn(async move {
+            let track_id = track.track_id().await;
+            let stream_id = track.stream_id().await;
+            let kind = offered
+                .lock()
+                .unwrap()
+                .get(&track_id)
+                .map(|(_, k)| k.clone())
+                .unwrap_or_default();
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(p) = event {
+                    let mut map = received.lock().unwrap();
+                    let r = map.entry(track_id.clone()).or_default();
+                    if r.packets == 0 {
+                        r.first_payload = p.payload.to_vec();
+                        r.publisher = stream_id.clone();
+                        r.kind = kind.clone();
+                    }
+                    r.packets += 1;
+                    r.seqs.push(p.header.sequence_number);
+                    if !r.ssrcs.contains(&p.header.ssrc) {
+                        r.ssrcs.push(p.header.ssrc);
+                    }
+                    if !r.payload_types.contains(&p.header.payload_type) {
+                        r.payload_types.push(p.header.payload_type);
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
+    let mut engine = MediaEngine::default();
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus(),
+                payload_type: OPUS_PT,
+                ..Default::default()
+            },
+            RtpCodecKind::Audio,
+        )
+        .unwrap();
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: vp8(),
+                payload_type: VP8_PT,
+                ..Default::default()
+            },
+            RtpCodecKind::Video,
+        )
+        .unwrap();
+    let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+    let registry = register_default_interceptors(registry, &mut engine).unwrap();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .build()
+        .await
+        .expect("build a client peer connection");
+    Arc::new(pc)
+}
+
+/// A participant: signaling plus a publish and a subscribe connection, sending synthetic
+/// Opus and VP8 and recording everything it receives.
+pub struct Participant {
+    pub signal: Arc<tokio::sync::Mutex<Signal>>,
+    pub id: String,
+    pub joined: Value,
+    pub received: ReceivedMap,
+    pub plis: Arc<AtomicU64>,
+    pub events: Arc<Mutex<Vec<Value>>>,
+    pub publish: Option<Arc<dyn PeerConnection>>,
+    pub subscribe_state: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Participant {
+    /// Joins `room` and, when `publish`, starts sending audio and video.
+    pub async fn join(server: &TestServer, name: &str, room: &str, publish: bool) -> Self {
+        let token = server.dev_token(name, room).await;
+        Self::join_with_token(server, &token, room, publish).await
+    }
+
+    pub async fn join_with_token(
+        server: &TestServer,
+        token: &str,
+        room: &str,
+        publish: bool,
+    ) -> Self {
+        let mut signal = Signal::connect(&server.ws_url()).await;
+        let joined = signal.auth_and_join(token, room).await;
+        assert_eq!(joined["type"], "joined", "join failed: {joined}");
+        let id = joined["participant_id"].as_str().unwrap().to_owned();
+        let signal = Arc::new(tokio::sync::Mutex::new(signal));
+        let received: ReceivedMap = Default::default();
+        let plis = Arc::new(AtomicU64::new(0));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let subscribe_state = Arc::new(Mutex::new(String::from("none")));
+
+        let publish_pc = if publish {
+            let handler = Arc::new(Handler {
+                received: received.clone(),
+                offered: Default::default(),
+                connected: Arc::new(Notify::new()),
+                state: Arc::new(Mutex::new(String::new())),
+            });
+            let pc = new_pc(handler).await;
+            let audio = Arc::new(TrackLocalStaticRTP::new(local_track(
+                "audio",
+                RtpCodecKind::Audio,
+                opus(),
+            )));
+            let video = Arc::new(TrackLocalStaticRTP::new(local_track(
+                "video",
+                RtpCodecKind::Video,
+                vp8(),
+            )));
+            pc.add_track(audio.clone()).await.unwrap();
+            pc.add_track(video.clone()).await.unwrap();
+            let offer = pc.create_offer(None).await.unwrap();
+            pc.set_local_description(offer).await.unwrap();
+            let sdp = pc.local_description().await.unwrap().sdp;
+            let answer = {
+                let mut s = signal.lock().await;
+                s.send(json!({"type": "publish_offer", "sdp": sdp}));
+                s.expect("publish_answer").await
+            };
+            pc.set_remote_description(
+                RTCSessionDescription::answer(answer["sdp"].as_str().unwrap().to_owned()).unwrap(),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(send_media(
+                audio.clone(),
+                OPUS_PT,
+                20,
+                false,
+                stop.clone(),
+                plis.clone(),
+            ));
+            tokio::spawn(send_media(
+                video,
+                VP8_PT,
+                33,
+                true,
+                stop.clone(),
+                plis.clone(),
+            ));
+            Some(pc)
+        } else {
+            None
+        };
+
+        // Answer every subscribe offer; keep every other message.
+        let (sig, rec, ev, st, stop2) = (
+            signal.clone(),
+            received.clone(),
+            events.clone(),
+            stop.clone(),
+            subscribe_state.clone(),
+        );
+        tokio::spawn(async move {
+            let offered: Arc<Mutex<HashMap<String, (String, String)>>> = Default::default();
+            let mut sub: Option<Arc<dyn PeerConnection>> = None;
+            while !st.load(Ordering::SeqCst) {
+                let msg = { sig.lock().await.recv(Duration::from_millis(50)).await };
+                let Some(msg) = msg else { continue };
+                if msg["type"] == "subscribe_offer" {
+                    for t in msg["tracks"].as_array().unwrap() {
+                        offered.lock().unwrap().insert(
+                            t["track_id"].as_str().unwrap().to_owned(),
+                            (
+                                t["participant_id"].as_str().unwrap().to_owned(),
+                                t["kind"].as_str().unwrap().to_owned(),
+                            ),
+                        );
+                    }
+                    if sub.is_none() {
+                        let handler = Arc::new(Handler {
+                            received: rec.clone(),
+                            offered: offered.clone(),
+                            connected: Arc::new(Notify::new()),
+                            state: stop2.clone(),
+                        });
+                        sub = Some(new_pc(handler).await);
+                    }
+                    let pc = sub.as_ref().unwrap();
+                    let offer =
+                        RTCSessionDescription::offer(msg["sdp"].as_str().unwrap().to_owned())
+                            .unwrap();
+                    pc.set_remote_description(offer)
+                        .await
+                        .expect("apply subscribe offer");
+                    let answer = pc.create_answer(None).await.unwrap();
+                    pc.set_local_description(answer).await.unwrap();
+                    let sdp = pc.local_description().await.unwrap().sdp;
+                    sig.lock()
+                        .await
+                        .send(json!({"type": "subscribe_answer", "sdp": sdp}));
+                }
+                ev.lock().unwrap().push(msg);
+            }
+            if let Some(pc) = sub {
+                let _ = pc.close().await;
+            }
+        });
+
+        Self {
+            signal,
+            id,
+            joined,
+            received,
+            plis,
+            events,
+            publish: publish_pc,
+            subscribe_state,
+            stop,
+        }
+    }
+
+    /// Stops sending and receiving and closes the connections without telling the server
+    /// (the socket stays open): a client whose media vanished.
+    pub async fn vanish_media(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(pc) = &self.publish {
+            let _ = pc.close().await;
+        }
+    }
+
+    pub async fn leave(&self) {
+        self.signal.lock().await.send(json!({"type": "leave"}));
+        self.vanish_media().await;
+    }
+
+    pub fn received_from(&self, publisher: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.publisher == publisher)
+            .cloned()
+            .collect()
+    }
+
+    pub fn events_of(&self, typ: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == typ)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `check` holds, polling.
+    pub async fn wait_for(&self, what: &str, within: Duration, check: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn local_track(name: &str, kind: RtpCodecKind, codec: RTCRtpCodec) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        format!("stream-{}", rand::random::<u32>()),
+        format!("{name}-{}", rand::random::<u32>()),
+        name.to_owned(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(rand::random()),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+/// A VP8 payload: a keyframe starts with frame tag P=0.
+pub fn vp8_payload(keyframe: bool, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x10, if keyframe { 0x00 } else { 0x01 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.resize(if keyframe { 1000 } else { 600 }, 0xab);
+    p
+}
+
+/// Sends synthetic RTP every `interval_ms`; video sends a keyframe at start, every 3 s and on PLI.
+async fn send_media(
+    track: Arc<TrackLocalStaticRTP>,
+    pt: u8,
+    interval_ms: u64,
+    video: bool,
+    stop: Arc<AtomicBool>,
+    plis: Arc<AtomicU64>,
+) {
+    let ssrc = track.track().await.codings()[0]
+        .rtp_coding_parameters
+        .ssrc
+        .unwrap();
+    let keyframe_wanted = Arc::new(AtomicBool::new(true));
+    {
+        let (track, kw, plis, stop) = (
+            track.clone(),
+            keyframe_wanted.clone(),
+            plis.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match tokio::time::timeout(Duration::from_millis(200), track.poll()).await {
+                    Ok(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
+                        if packets
+                            .iter()
+                            .any(|p| p.as_any().is::<PictureLossIndication>())
+                        {
+                            plis.fetch_add(1, Ordering::SeqCst);
+                            kw.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    _ => {}
+                }
+            }
+        });
+    }
+    let mut seq: u16 = rand::random();
+    let mut ts: u32 = rand::random();
+    let start = Instant::now();
+    let mut last_key = start;
+    while !stop.load(Ordering::SeqCst) {
+        let payload = if video {
+            let key = keyframe_wanted.swap(false, Ordering::SeqCst)
+                || last_key.elapsed() > Duration::from_secs(3);
+            if key {
+                last_key = Instant::now();
+            }
+            vp8_payload(key, seq)
+        } else {
+            vec![0xf8; 80]
+        };
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: video,
+                payload_type: pt,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc,
+                ..Default::default()
+            },
+            payload: payload.into(),
+        };
+        let _ = track.write_rtp(packet).await;
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(if video { 2970 } else { 960 });
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+}
+
+/// Checks that sequence numbers advance by one (allowing reordering by a few packets) and
+/// returns the number of gaps.
+pub fn sequence_gaps(seqs: &[u16]) -> usize {
+    let mut sorted: Vec<u64> = Vec::with_capacity(seqs.len());
+    let mut base = 0u64;
+    let mut last: Option<u16> = None;
+    for &s in seqs {
+        if let Some(l) = last
+            && s < l
+            && l - s > 30000
+        {
+            base += 65536;
+        }
+        sorted.push(base + u64::from(s));
+        last = Some(s);
+    }
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.windows(2).filter(|w| w[1] != w[0] + 1).count()
+}
