@@ -157,12 +157,12 @@ function setButton(btn, { on, label, aria, off, icon }) {
 }
 
 function randomRoomId() {
-  // 20 characters of [a-z0-9]: about 103 bits, in groups for reading aloud.
+  // 16 characters from 32 unambiguous ones: 80 random bits, in groups for reading aloud.
   const alphabet = 'abcdefghijkmnpqrstuvwxyz23456789';
-  const bytes = crypto.getRandomValues(new Uint8Array(20));
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
   let s = '';
   for (let i = 0; i < bytes.length; i++) {
-    if (i > 0 && i % 5 === 0) s += '-';
+    if (i > 0 && i % 4 === 0) s += '-';
     s += alphabet[bytes[i] % alphabet.length];
   }
   return s;

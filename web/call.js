@@ -354,12 +354,10 @@ export class Call extends EventTarget {
 
   addTrackInfo(t) {
     if (!t || t.participant_id === this.participantId) return;
-    let p = this.participants.get(t.participant_id);
-    if (!p) {
-      this.upsertParticipant({ participant_id: t.participant_id, name: '', user_id: '' });
-      p = this.participants.get(t.participant_id);
-    }
-    p.tracks.set(t.track_id, t);
+    // A track of someone we do not know (an offer sent before their participant_left) is
+    // not worth a tile.
+    const p = this.participants.get(t.participant_id);
+    if (p) p.tracks.set(t.track_id, { ...t });
   }
 
   // ----- subscribe connection --------------------------------------------------------------

@@ -38,7 +38,7 @@ describe('the lobby', () => {
     // "New room" makes an unguessable id and updates the invite link.
     await page.click('#new-room');
     const room = await page.inputValue('#room-input');
-    assert.match(room, /^[a-z2-9]{5}(-[a-z2-9]{5}){3}$/);
+    assert.match(room, /^[a-z2-9]{4}(-[a-z2-9]{4}){3}$/);
     assert.ok((await page.inputValue('#invite-link')).endsWith(`?room=${room}`));
     mkdirSync(artifactsDir, { recursive: true });
     await page.screenshot({ path: path.join(artifactsDir, 'lobby.png') });
