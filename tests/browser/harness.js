@@ -45,11 +45,11 @@ function freeUdpPort() {
  * Starts the real server in dev mode on free loopback ports and waits for /healthz.
  * @returns {Promise<{base: string, stop: () => Promise<void>, log: () => string}>}
  */
-export async function startServer({ maxParticipants } = {}) {
+export async function startServer({ maxParticipants, httpPort, udpPort } = {}) {
   const bin = path.resolve(repoRoot, process.env.SWITCHBOARD_BIN || 'target/release/switchboard');
   if (!existsSync(bin)) throw new Error(`no server binary at ${bin}: build it (cargo build --release) or set SWITCHBOARD_BIN`);
-  const httpPort = await freeTcpPort();
-  const udpPort = await freeUdpPort();
+  httpPort = httpPort || await freeTcpPort();
+  udpPort = udpPort || await freeUdpPort();
   const dataDir = mkdtempSync(path.join(tmpdir(), 'switchboard-browser-'));
   const args = ['--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort), '--data-dir', dataDir];
   if (maxParticipants) args.push('--max-participants', String(maxParticipants));
@@ -81,6 +81,8 @@ export async function startServer({ maxParticipants } = {}) {
   }
   return {
     base,
+    httpPort,
+    udpPort,
     log: () => out,
     async stop() {
       if (!exited) {
