@@ -32,11 +32,15 @@ pub const VIDEO_ORIENTATION_URI: &str = "urn:3gpp:video-orientation";
 /// Everything else (transport-wide sequence numbers, send times, mid/rid) describes one hop only.
 pub const FORWARDED_EXTENSIONS: [&str; 2] = [AUDIO_LEVEL_URI, VIDEO_ORIENTATION_URI];
 
-/// ICE timing: a connection with no traffic for `ICE_FAILED` is dropped, so a vanished client is
-/// gone well within 10 seconds.
+/// ICE timing. The server is ICE-lite, so it sends no checks of its own; the worker drops a
+/// connection that was silent for `SILENCE_TIMEOUT` (browsers send consent checks every 2.5 s,
+/// RFC 7675), so a vanished client is gone well within 10 seconds.
 pub const ICE_DISCONNECTED: Duration = Duration::from_secs(4);
 pub const ICE_FAILED: Duration = Duration::from_secs(7);
 pub const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(7);
+/// A connection that never hears from its client in this long is dropped too.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn video_feedback() -> Vec<RTCPFeedback> {
     [

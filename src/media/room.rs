@@ -54,6 +54,10 @@ pub struct Peer {
     /// Source addresses that proved they know our ufrag.
     pub addrs: Vec<SocketAddr>,
     pub next_timeout: Option<Instant>,
+    /// When a datagram last came from this peer (or when it was created).
+    pub last_heard: Instant,
+    /// Whether it ever sent us anything.
+    pub heard: bool,
     pub touched: bool,
     pub connected: bool,
 }

@@ -489,6 +489,8 @@ impl Worker {
                 ufrag,
                 addrs: Vec::new(),
                 next_timeout: None,
+                last_heard: now,
+                heard: false,
                 touched: false,
                 connected: false,
             },
@@ -602,6 +604,7 @@ impl Worker {
         if now >= self.next_speaker_check {
             self.next_speaker_check = now + SPEAKER_INTERVAL;
             self.update_speakers();
+            self.drop_silent_peers(now);
         }
     }
 
@@ -683,6 +686,22 @@ impl Worker {
                 self.doomed.push((owner, LeaveReason::Timeout));
             }
             _ => {}
+        }
+    }
+
+    /// ICE consent freshness for an ICE-lite server: a connection the client stopped talking on
+    /// (or never started) takes its participant with it.
+    fn drop_silent_peers(&mut self, now: Instant) {
+        for peer in self.peers.values() {
+            let limit = if peer.heard {
+                peer::SILENCE_TIMEOUT
+            } else {
+                peer::CONNECT_TIMEOUT
+            };
+            if now.saturating_duration_since(peer.last_heard) > limit {
+                debug!(participant = %peer.owner, pc = ?peer.kind, "connection silent; removing");
+                self.doomed.push((peer.owner, LeaveReason::Timeout));
+            }
         }
     }
 

@@ -216,6 +216,8 @@ impl Signal {
                     break;
                 }
             }
+            // Every sender is gone: close the socket like a browser tab would.
+            let _ = sink.send(Message::Close(None)).await;
         });
         let closed2 = closed.clone();
         tokio::spawn(async move {
