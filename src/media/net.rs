@@ -78,13 +78,12 @@ impl BatchSocket {
             };
         }
         let n = n as usize;
-        for i in 0..n {
-            let len = hdrs[i].msg_len as usize;
-            if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        for ((hdr, addr), buf) in hdrs.iter().zip(&self.addrs).zip(&self.bufs).take(n) {
+            if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 continue; // larger than any WebRTC datagram: not ours
             }
-            if let Some(addr) = from_storage(&self.addrs[i]) {
-                each(addr, &self.bufs[i][..len]);
+            if let Some(addr) = from_storage(addr) {
+                each(addr, &buf[..hdr.msg_len as usize]);
             }
         }
         Ok(n)

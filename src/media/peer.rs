@@ -72,7 +72,6 @@ pub fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
             }],
         },
         payload_type: 111,
-        ..Default::default()
     };
     let video = |mime: &str, pt: u8, fmtp: &str| RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
@@ -83,7 +82,6 @@ pub fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
             rtcp_feedback: video_feedback(),
         },
         payload_type: pt,
-        ..Default::default()
     };
     vec![
         (audio, RtpCodecKind::Audio),
@@ -232,12 +230,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &mut msg.message.packet {
-            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
-                // stable: keeps the relative order of everything else
-                packets.sort_by_key(|p| !is_keyframe_request(p.as_ref()));
-                msg.message.add(Attribute::DeliverToApplication);
-            }
+        if let Packet::Rtcp(packets) = &mut msg.message.packet
+            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+        {
+            // stable: keeps the relative order of everything else
+            packets.sort_by_key(|p| !is_keyframe_request(p.as_ref()));
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.read_queue.push_back(msg);
         Ok(())

@@ -264,11 +264,9 @@ impl Signal {
         self.send(json!({"type": "auth", "token": token}));
         self.expect("authenticated").await;
         self.send(json!({"type": "join", "room": room}));
-        let v = self
-            .recv(Duration::from_secs(10))
+        self.recv(Duration::from_secs(10))
             .await
-            .expect("join answered");
-        v
+            .expect("join answered")
     }
 }
 
@@ -418,7 +416,6 @@ async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
             RTCRtpCodecParameters {
                 rtp_codec: opus(),
                 payload_type: OPUS_PT,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )
@@ -428,7 +425,6 @@ async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
             RTCRtpCodecParameters {
                 rtp_codec: vp8(),
                 payload_type: VP8_PT,
-                ..Default::default()
             },
             RtpCodecKind::Video,
         )
@@ -705,14 +701,13 @@ async fn send_media(
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 match tokio::time::timeout(Duration::from_millis(200), track.poll()).await {
-                    Ok(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
+                    Ok(Some(TrackLocalEvent::OnRtcpPacket(packets)))
                         if packets
                             .iter()
-                            .any(|p| p.as_any().is::<PictureLossIndication>())
-                        {
-                            plis.fetch_add(1, Ordering::SeqCst);
-                            kw.store(true, Ordering::SeqCst);
-                        }
+                            .any(|p| p.as_any().is::<PictureLossIndication>()) =>
+                    {
+                        plis.fetch_add(1, Ordering::SeqCst);
+                        kw.store(true, Ordering::SeqCst);
                     }
                     Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
                     _ => {}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test of Switchboard: unit, integration (real server, real WebRTC peers on
+# loopback) and browser tests (real headless Chromium). Installs what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- what the tests need ---------------------------------------------------------------
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "==> npm packages for the browser tests"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+# --- build once, then run everything ----------------------------------------------------
+echo "==> build"
+cargo build --release --all-targets --locked
+
+# Tests run in a network namespace with only loopback when we may create one, so nothing
+# can reach any address but 127.0.0.1.
+isolated() {
+  if unshare -n true 2>/dev/null; then
+    unshare -n sh -c 'ip link set lo up && "$@"' sh "$@"
+  else
+    "$@"
+  fi
+}
+
+echo "==> unit and integration tests"
+isolated cargo test --release --locked --offline
+
+echo "==> browser tests (headless Chromium)"
+SWITCHBOARD_BIN="$PWD/target/release/switchboard" isolated node --test --test-concurrency=1 tests/browser/
