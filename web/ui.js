@@ -116,7 +116,8 @@ export class TileView {
     if (this.main.classList.contains('has-stage')) return; // the filmstrip sizes itself in CSS
     const n = this.grid.children.length;
     const r = this.grid.getBoundingClientRect();
-    const fit = fitGrid(n, r.width, r.height, 10);
+    // Portrait screens (phones) get squarer tiles; video is cropped to fill them.
+    const fit = fitGrid(n, r.width, r.height, 10, r.height > r.width ? 4 / 3 : 16 / 9);
     this.grid.style.setProperty('--tile-w', `${fit.tw}px`);
     this.grid.style.setProperty('--tile-h', `${fit.th}px`);
     this.grid.dataset.cols = String(fit.cols);
