@@ -21,6 +21,7 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -431,8 +432,13 @@ async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
         .unwrap();
     let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
     let registry = register_default_interceptors(registry, &mut engine).unwrap();
+    // No mDNS: the tests run in a namespace with only loopback, where multicast has no route.
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .with_handler(handler)
