@@ -280,6 +280,11 @@ export class Call extends EventTarget {
         this.notice(`${msg.participant.name || 'Someone'} joined.`);
         break;
       case 'participant_left': {
+        if (msg.participant_id === this.participantId) {
+          // The server dropped us (e.g. it heard nothing on a connection): come back in.
+          this.lost(`The server removed this connection (${msg.reason || 'unknown reason'}).`);
+          break;
+        }
         const p = this.participants.get(msg.participant_id);
         this.participants.delete(msg.participant_id);
         this.remote.delete(msg.participant_id);
