@@ -1,9 +1,14 @@
-//! Command-line flags; every flag is also a `SWITCHBOARD_*` environment variable.
+//! Command-line flags; every flag is also a `SWITCHBOARD_*` environment variable and a key of
+//! the optional `--config` TOML file (the flag's name in snake_case). Precedence: flag, then
+//! environment, then file, then default.
 
+use std::ffi::OsString;
+use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// Hard ceiling on a room's size: the forwarding loop is sized for calls of up to 20.
 pub const MAX_ROOM_SIZE: usize = 20;
@@ -16,7 +21,14 @@ pub enum LogFormat {
 
 /// Switchboard: a WebRTC selective forwarding unit for calls of up to 20 people.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchboard", version, about)]
+#[command(
+    name = "switchboard",
+    version,
+    about,
+    after_help = "`switchboard healthcheck [FLAGS]` asks the server configured by the same flags, \
+                  environment and --config file for GET /readyz and exits 0 when it is ready \
+                  (for container health checks)."
+)]
 pub struct Config {
     /// Address of the HTTP server (API, WebSocket signaling, WHIP/WHEP, web client).
     #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -65,7 +77,33 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Bearer token GET /metrics requires (default: /metrics is open to anyone who reaches it).
+    #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Seconds to let open connections finish after SIGTERM or SIGINT before exiting (0 to 3600).
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace: u64,
+
+    /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
+    /// Flags and environment variables win over it.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
 }
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A flag or environment variable (or `--help`/`--version`): clap prints it and exits.
+    Args(clap::Error),
+    /// The `--config` file: one line saying what is wrong.
+    File(String),
+}
+
+/// Keys of the config file that hold secrets; the effective configuration logs them redacted.
+const SECRETS: [&str; 3] = ["jwt_secret", "turn_secret", "metrics_token"];
 
 fn parse_in_range(s: &str, max: usize) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -83,6 +121,121 @@ fn parse_worker_count(s: &str) -> Result<usize, String> {
 }
 
 impl Config {
+    /// Flags, environment and `--config` file of this process.
+    pub fn load() -> Result<Self, LoadError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Flags (`args`, program name first), environment and `--config` file. The file's values
+    /// fill only settings neither a flag nor an environment variable gave; they go through the
+    /// same parsers as flags, so they are checked the same way.
+    pub fn load_from<I, T>(args: I) -> Result<Self, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Self::command();
+        let matches = command
+            .clone()
+            .try_get_matches_from(&args)
+            .map_err(LoadError::Args)?;
+        let config = Self::from_arg_matches(&matches).map_err(LoadError::Args)?;
+        let Some(path) = &config.config else {
+            return Ok(config);
+        };
+        let file = |message: String| LoadError::File(format!("{}: {message}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadError::File(format!("cannot read --config {}: {e}", path.display()))
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            file(
+                e.message()
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid TOML")
+                    .to_owned(),
+            )
+        })?;
+        for (key, value) in table {
+            let Some(arg) = command
+                .get_arguments()
+                .find(|a| a.get_id() == key.as_str() && key != "config")
+            else {
+                let hint = if key.contains('-') {
+                    format!(" (keys are snake_case: `{}`)", key.replace('-', "_"))
+                } else {
+                    String::new()
+                };
+                return Err(file(format!("unknown key `{key}`{hint}")));
+            };
+            if matches!(
+                matches.value_source(&key),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(n) => n.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => return Err(file(format!("`{key}` must be a string or a number"))),
+            };
+            let long = arg.get_long().expect("every setting is a long flag");
+            args.push(format!("--{long}={value}").into());
+        }
+        Self::try_parse_from(&args).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid value");
+            file(first.trim_start_matches("error: ").to_owned())
+        })
+    }
+
+    /// The effective configuration on one line, secrets redacted, for the start-up log.
+    pub fn redacted(&self) -> String {
+        // Destructured so that a new setting cannot be forgotten here.
+        let Self {
+            http_addr,
+            udp_port,
+            public_ip,
+            data_dir,
+            jwt_secret,
+            stun_url,
+            turn_url,
+            turn_secret,
+            max_participants,
+            media_workers,
+            log_format,
+            metrics_token,
+            shutdown_grace,
+            config,
+        } = self;
+        let secret = |s: &Option<String>| if s.is_some() { "<redacted>" } else { "none" };
+        let opt = |s: Option<String>| s.unwrap_or_else(|| "none".into());
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "http_addr={http_addr} udp_port={udp_port} public_ip={} data_dir={} jwt_secret={} \
+             stun_url={} turn_url={} turn_secret={} max_participants={max_participants} \
+             media_workers={media_workers} log_format={} metrics_token={} \
+             shutdown_grace={shutdown_grace} config={}",
+            opt(public_ip.map(|ip| ip.to_string())),
+            data_dir.display(),
+            secret(jwt_secret),
+            opt(stun_url.clone()),
+            opt(turn_url.clone()),
+            secret(turn_secret),
+            log_format
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned()),
+            secret(metrics_token),
+            opt(config.as_ref().map(|p| p.display().to_string())),
+        );
+        debug_assert!(SECRETS.iter().all(|k| out.contains(&format!("{k}="))));
+        out
+    }
+
     /// The address the media socket binds.
     pub fn udp_bind_addr(&self) -> SocketAddr {
         SocketAddr::new(self.http_addr.ip(), self.udp_port)
@@ -120,6 +273,89 @@ mod tests {
     fn room_size_is_capped_at_twenty() {
         assert!(Config::try_parse_from(["switchboard", "--max-participants", "21"]).is_err());
         assert!(Config::try_parse_from(["switchboard", "--max-participants", "0"]).is_err());
+    }
+
+    fn write_config(text: &str) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(args: &[&str]) -> Result<Config, LoadError> {
+        Config::load_from(std::iter::once("switchboard").chain(args.iter().copied()))
+    }
+
+    fn file_error(r: Result<Config, LoadError>) -> String {
+        match r {
+            Err(LoadError::File(m)) => m,
+            Err(LoadError::Args(e)) => panic!("not a file error: {e}"),
+            Ok(c) => panic!("loaded {c:?}"),
+        }
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_at_default() {
+        let f = write_config(
+            "udp_port = 9000\nmax_participants = 4\nlog_format = \"json\"\n\
+             stun_url = \"stun:example.org:3478\"\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let c = load(&["--config", path, "--max-participants", "6"]).unwrap();
+        assert_eq!(c.udp_port, 9000, "from the file");
+        assert_eq!(c.max_participants, 6, "the flag wins over the file");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.stun_url.as_deref(), Some("stun:example.org:3478"));
+        assert_eq!(c.media_workers, 1, "default where neither says");
+    }
+
+    #[test]
+    fn file_values_are_checked_like_flags() {
+        let f = write_config("max_participants = 21\n");
+        let m = file_error(load(&["--config", f.path().to_str().unwrap()]));
+        assert!(
+            m.contains("max-participants") && m.contains("1 to 20"),
+            "{m}"
+        );
+        assert!(!m.contains('\n'), "one line: {m}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_rejected() {
+        let f = write_config("http-addr = \"127.0.0.1:1\"\n");
+        let m = file_error(load(&["--config", f.path().to_str().unwrap()]));
+        assert!(
+            m.contains("unknown key `http-addr`") && m.contains("http_addr"),
+            "{m}"
+        );
+        let f = write_config("udp_port = \n");
+        let m = file_error(load(&["--config", f.path().to_str().unwrap()]));
+        assert!(!m.contains('\n'), "one line: {m}");
+        let f = write_config("config = \"other.toml\"\n");
+        let m = file_error(load(&["--config", f.path().to_str().unwrap()]));
+        assert!(m.contains("unknown key `config`"), "{m}");
+        let m = file_error(load(&["--config", "/nonexistent/switchboard.toml"]));
+        assert!(m.starts_with("cannot read --config"), "{m}");
+    }
+
+    #[test]
+    fn effective_configuration_hides_secrets() {
+        let c = load(&[
+            "--jwt-secret",
+            "0123456789abcdef-jwt",
+            "--turn-secret",
+            "turn-shh",
+            "--metrics-token",
+            "metrics-shh",
+        ])
+        .unwrap();
+        let line = c.redacted();
+        for secret in ["0123456789abcdef-jwt", "turn-shh", "metrics-shh"] {
+            assert!(!line.contains(secret), "{line}");
+        }
+        assert!(line.contains("jwt_secret=<redacted>"), "{line}");
+        assert!(line.contains("udp_port=7882"), "{line}");
+        assert!(line.contains("log_format=text"), "{line}");
     }
 
     #[test]

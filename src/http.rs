@@ -1,12 +1,14 @@
-//! The HTTP surface: `/healthz`, `/api/dev/token`, `/ws`, and the embedded web client.
+//! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, `/api/dev/token`, `/ws`, and the
+//! embedded web client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::auth::{Auth, AuthError, Claims, random_token, unix_now};
 use crate::bridge::{MediaError, MediaHandle};
 use crate::config::Config;
+use crate::metrics::{self, Metrics};
 use crate::signal::protocol::IceServer;
 use crate::signal::session;
 use crate::store::CallStore;
@@ -23,6 +26,8 @@ use crate::store::CallStore;
 pub const MAX_BODY: usize = 256 * 1024;
 /// How long a dev-mode token lives.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// How long `/readyz` and `/metrics` wait for each media worker and for the store.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything a request handler can reach.
 #[derive(Clone)]
@@ -31,6 +36,7 @@ pub struct AppState {
     pub auth: Auth,
     pub workers: Arc<Vec<MediaHandle>>,
     pub store: CallStore,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -85,20 +91,116 @@ pub fn turn_credentials(secret: &str, user_id: &str, expiry: u64) -> (String, St
 pub fn app(state: AppState) -> Router {
     let mut api = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/ws", get(ws));
     if state.auth.dev_mode() {
         api = api.route("/api/dev/token", post(dev_token));
     }
+    let metrics = state.metrics.clone();
     api.fallback(static_file)
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track_http,
+        ))
         .with_state(state)
 }
 
 async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let metrics = state.metrics.clone();
     upgrade
         .max_message_size(session::MAX_MESSAGE)
         .max_frame_size(session::MAX_MESSAGE)
-        .on_upgrade(move |socket| session::run(socket, state))
+        .on_upgrade(move |socket| async move {
+            // Counted here rather than inside the session: the guard lives as long as it.
+            let _open = metrics.ws_opened();
+            session::run(socket, state).await
+        })
+}
+
+/// Readiness: every media worker answers a `Stats` command and the call store flushes, each
+/// within `PROBE_TIMEOUT`. 503 with the usual error body otherwise.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_ready = |message: String| {
+        tracing::warn!(%message, "not ready");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+    };
+    let answers = futures_util::future::join_all(
+        state
+            .workers
+            .iter()
+            .map(|w| tokio::time::timeout(PROBE_TIMEOUT, w.stats())),
+    )
+    .await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(not_ready(format!("media worker {i}: {e}"))),
+            Err(_) => {
+                return Err(not_ready(format!(
+                    "media worker {i} did not answer within {} ms",
+                    PROBE_TIMEOUT.as_millis()
+                )));
+            }
+        }
+    }
+    let store = state.store.clone();
+    match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        tokio::task::spawn_blocking(move || store.flush()),
+    )
+    .await
+    {
+        Ok(Ok(Ok(()))) => Ok(Json(serde_json::json!({"status": "ready"}))),
+        Ok(Ok(Err(e))) => Err(not_ready(format!("call store: {e}"))),
+        Ok(Err(e)) => Err(not_ready(format!("call store: {e}"))),
+        Err(_) => Err(not_ready(format!(
+            "call store did not answer within {} ms",
+            PROBE_TIMEOUT.as_millis()
+        ))),
+    }
+}
+
+/// `/metrics`, Prometheus text format; behind `Authorization: Bearer` when `--metrics-token`
+/// is set. A worker that does not answer within `PROBE_TIMEOUT` is left out of the sums (and
+/// `switchboard_media_workers_up` falls).
+async fn metrics_text(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/metrics needs Authorization: Bearer <metrics token>",
+            ));
+        }
+    }
+    let answers = futures_util::future::join_all(
+        state
+            .workers
+            .iter()
+            .map(|w| tokio::time::timeout(PROBE_TIMEOUT, w.stats())),
+    )
+    .await;
+    let stats: Vec<_> = answers
+        .into_iter()
+        .filter_map(|a| a.ok().and_then(Result::ok))
+        .collect();
+    let body = state.metrics.render(&stats, state.workers.len());
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An API error: a stable code, a short message, a status.
@@ -230,6 +332,14 @@ mod tests {
         let (u, c) = turn_credentials("secret", "alice", 1_700_000_000);
         assert_eq!(u, "1700000000:alice");
         assert_eq!(c, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 
     #[test]

@@ -29,5 +29,6 @@ pub mod bridge;
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod metrics;
 pub mod signal;
 pub mod store;

@@ -1,16 +1,37 @@
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Parser;
 use switchboard::auth::{Auth, generate_secret};
-use switchboard::config::{Config, LogFormat};
+use switchboard::config::{Config, LoadError, LogFormat};
 use switchboard::http::{AppState, app};
+use switchboard::metrics::Metrics;
 use switchboard::store::CallStore;
 use switchboard::{bridge, media};
-use tracing::info;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
 
 fn main() {
-    let config = Config::parse();
-    if let Err(message) = run(config) {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let healthcheck = args.get(1).is_some_and(|a| a == "healthcheck");
+    if healthcheck {
+        args.remove(1);
+    }
+    let config = match Config::load_from(args) {
+        Ok(config) => config,
+        Err(LoadError::Args(e)) => e.exit(),
+        Err(LoadError::File(message)) => {
+            eprintln!("switchboard: config file {message}");
+            std::process::exit(1);
+        }
+    };
+    let result = if healthcheck {
+        check_health(&config)
+    } else {
+        run(config)
+    };
+    if let Err(message) = result {
         eprintln!("switchboard: {message}");
         std::process::exit(1);
     }
@@ -19,15 +40,53 @@ fn main() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
+/// `switchboard healthcheck`: GET /readyz from the server this configuration describes; for
+/// container health checks, where no HTTP client may be installed.
+fn check_health(config: &Config) -> Result<(), String> {
+    let mut addr = config.http_addr;
+    if addr.ip().is_unspecified() {
+        let loopback = match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        addr = SocketAddr::new(loopback, addr.port());
+    }
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("healthcheck: cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("healthcheck: cannot send to {addr}: {e}"))?;
+    let mut response = String::new();
+    // A timeout after the head arrived still leaves the status line in `response`.
+    let _ = stream.take(64 * 1024).read_to_string(&mut response);
+    let status = response.split(' ').nth(1).unwrap_or("none");
+    if status == "200" {
+        Ok(())
+    } else {
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b.trim());
+        Err(format!("healthcheck: GET /readyz answered {status} {body}"))
+    }
+}
+
 fn run(config: Config) -> Result<(), String> {
     init_logging(config.log_format);
+    info!(config = %config.redacted(), "effective configuration");
     let host_ip = config.advertised_ip()?;
 
     let (secret, dev_mode) = match &config.jwt_secret {
@@ -74,28 +133,70 @@ fn run(config: Config) -> Result<(), String> {
         workers.push(handle);
     }
 
+    let metrics = Arc::new(Metrics::default());
     let state = AppState {
         config: Arc::new(config.clone()),
         auth,
         workers: Arc::new(workers),
         store: store.clone(),
+        metrics: metrics.clone(),
     };
+    let grace = Duration::from_secs(config.shutdown_grace);
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        // Handlers go in before the port opens, so a signal can never find the default action.
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|e| format!("cannot listen on --http-addr {}: {e}", config.http_addr))?;
         info!(addr = %config.http_addr, dev_mode, "http listening; open http://{}", config.http_addr);
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(|e| format!("http server failed: {e}"))
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            info!(
+                grace_secs = grace.as_secs(),
+                "{name} received: no new connections; shutting down"
+            );
+            // TODO(issue 6): tell every signaling session `server_shutdown` (LeaveReason::
+            // ServerShutdown through the media workers) and close active call records as
+            // ended, once signal::session and the store expose hooks for it. Until then open
+            // WebSocket sessions are cut when the process exits.
+            let _ = stop_tx.send(true);
+        });
+        let mut stopping = stop_rx.clone();
+        let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        let mut stopping = stop_rx;
+        let deadline = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        // Requests in flight get up to the grace period; upgraded WebSocket sessions are not
+        // waited for (nothing asks them to end yet, see the TODO above).
+        tokio::select! {
+            served = server => served.map_err(|e| format!("http server failed: {e}"))?,
+            () = deadline => warn!("shutdown grace elapsed with requests still in flight"),
+        }
+        let open = metrics.ws_open();
+        if open > 0 {
+            info!(sessions = open, "closing open WebSocket sessions");
+        }
+        Ok::<(), String>(())
     })?;
+    // Tasks still running (WebSocket sessions, a blocking flush) get one more second.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     store
         .flush()
         .map_err(|e| format!("cannot flush the call store: {e}"))?;
+    info!("call store flushed; bye");
     Ok(())
 }
