@@ -35,8 +35,11 @@ pub const FORWARDED_EXTENSIONS: [&str; 2] = [AUDIO_LEVEL_URI, VIDEO_ORIENTATION_
 /// ICE timing. The server is ICE-lite, so it sends no checks of its own; the worker drops a
 /// connection that was silent for `SILENCE_TIMEOUT` (browsers send consent checks every 2.5 s,
 /// RFC 7675), so a vanished client is gone well within 10 seconds.
-pub const ICE_DISCONNECTED: Duration = Duration::from_secs(4);
-pub const ICE_FAILED: Duration = Duration::from_secs(7);
+///
+/// The ICE agent's own timers are set well beyond ours: an ICE-lite agent counts only STUN as
+/// liveness, and would fail a connection whose client pings rarely while media still flows.
+pub const ICE_DISCONNECTED: Duration = Duration::from_secs(60);
+pub const ICE_FAILED: Duration = Duration::from_secs(120);
 pub const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(7);
 /// A connection that never hears from its client in this long is dropped too.

@@ -553,6 +553,8 @@ impl Worker {
             .peers
             .get_mut(&peer_id)
             .expect("routing tables hold live peers");
+        peer.last_heard = now;
+        peer.heard = true;
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -1296,6 +1298,8 @@ fn remap_extensions(
             _ => false,
         }
     });
+    // The parsed padding belonged to the original extension block; marshalling recomputes it.
+    header.extensions_padding = 0;
     header.extension = !header.extensions.is_empty();
     if header.extension {
         header.extension_profile = 0xBEDE;

@@ -26,7 +26,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use serde_json::{Value, json};
@@ -41,6 +41,70 @@ use webrtc::peer_connection::{
 
 pub const OPUS_PT: u8 = 111;
 pub const VP8_PT: u8 = 96;
+pub const H264_PT: u8 = 102;
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+#[derive(Debug, Clone, Copy)]
+struct AudioExtensions {
+    level_id: u8,
+    level: u8,
+    transport_cc_id: Option<u8>,
+}
+/// The audio level (−dBov, RFC 6464) test publishers send unless told otherwise.
+pub const DEFAULT_AUDIO_LEVEL: u8 = 30;
+
+/// The id an SDP gives an extension, from its `a=extmap` line.
+pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=extmap:"))
+        .find(|l| l.ends_with(uri))
+        .and_then(|l| l.split([' ', '/']).next())
+        .and_then(|id| id.parse().ok())
+}
+const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+/// The video codec a test publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Video {
+    Vp8,
+    H264,
+}
+
+impl Video {
+    fn codec(self) -> RTCRtpCodec {
+        match self {
+            Video::Vp8 => vp8(),
+            Video::H264 => RTCRtpCodec {
+                mime_type: "video/H264".to_owned(),
+                sdp_fmtp_line: H264_FMTP.to_owned(),
+                ..vp8()
+            },
+        }
+    }
+
+    fn pt(self) -> u8 {
+        match self {
+            Video::Vp8 => VP8_PT,
+            Video::H264 => H264_PT,
+        }
+    }
+
+    /// A synthetic payload; keyframes are recognisable as such by the server.
+    pub fn payload(self, keyframe: bool, seq: u16) -> Vec<u8> {
+        match self {
+            Video::Vp8 => vp8_payload(keyframe, seq),
+            Video::H264 => {
+                // a single NAL unit: IDR slice (type 5) or non-IDR slice (type 1)
+                let mut p = vec![if keyframe { 0x65 } else { 0x41 }];
+                p.extend_from_slice(&seq.to_be_bytes());
+                p.resize(if keyframe { 1000 } else { 600 }, 0xab);
+                p
+            }
+        }
+    }
+}
 
 fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -91,6 +155,15 @@ impl TestServer {
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+        // SWITCHBOARD_TEST_STDERR=file collects the server's log when debugging a test.
+        if let Some(path) = std::env::var_os("SWITCHBOARD_TEST_STDERR") {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            cmd.stderr(file);
+        }
         let child = cmd.spawn().expect("start switchboard");
         let secret = extra
             .windows(2)
@@ -199,6 +272,7 @@ fn dechunk(mut s: &str) -> String {
 pub struct Signal {
     tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Value>,
+    backlog: VecDeque<Value>,
     pub closed: Arc<AtomicBool>,
 }
 
@@ -229,7 +303,12 @@ impl Signal {
             }
             closed2.store(true, Ordering::SeqCst);
         });
-        Self { tx, rx, closed }
+        Self {
+            tx,
+            rx,
+            backlog: VecDeque::new(),
+            closed,
+        }
     }
 
     pub fn send(&self, v: Value) {
@@ -242,21 +321,27 @@ impl Signal {
 
     /// The next message, or None after `within`.
     pub async fn recv(&mut self, within: Duration) -> Option<Value> {
+        if let Some(v) = self.backlog.pop_front() {
+            return Some(v);
+        }
         tokio::time::timeout(within, self.rx.recv())
             .await
             .ok()
             .flatten()
     }
 
-    /// Skips messages until one of `typ` arrives.
+    /// The next message of `typ`; messages of other types stay queued for `recv`.
     pub async fn expect(&mut self, typ: &str) -> Value {
+        if let Some(i) = self.backlog.iter().position(|v| v["type"] == typ) {
+            return self.backlog.remove(i).expect("index from position");
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv(left).await {
-                Some(v) if v["type"] == typ => return v,
-                Some(_) => continue,
-                None => panic!("no {typ} message within 15 s"),
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(v)) if v["type"] == typ => return v,
+                Ok(Some(v)) => self.backlog.push_back(v),
+                _ => panic!("no {typ} message within 15 s"),
             }
         }
     }
@@ -281,9 +366,11 @@ pub struct Received {
     pub ssrcs: Vec<u32>,
     pub first_payload: Vec<u8>,
     pub payload_types: Vec<u8>,
+    /// Header extensions of the last packet: (id, first byte).
+    pub last_extensions: Vec<(u8, u8)>,
 }
 
-type ReceivedMap = Arc<Mutex<HashMap<String, Received>>>;
+pub type ReceivedMap = Arc<Mutex<HashMap<String, Received>>>;
 
 /// Marks inbound RTCP for the application so the publisher sees PLIs.
 #[derive(Default)]
@@ -397,6 +484,12 @@ impl PeerConnectionEventHandler for Handler {
                         r.kind = kind.clone();
                     }
                     r.packets += 1;
+                    r.last_extensions = p
+                        .header
+                        .extensions
+                        .iter()
+                        .map(|e| (e.id, e.payload.first().copied().unwrap_or(0)))
+                        .collect();
                     r.seqs.push(p.header.sequence_number);
                     if !r.ssrcs.contains(&p.header.ssrc) {
                         r.ssrcs.push(p.header.ssrc);
@@ -410,8 +503,39 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// A peer connection that only records what it receives (for tests driving signaling by hand).
+pub async fn recording_pc() -> (Arc<dyn PeerConnection>, ReceivedMap) {
+    let received: ReceivedMap = Default::default();
+    let handler = Arc::new(Handler {
+        received: received.clone(),
+        offered: Default::default(),
+        connected: Arc::new(Notify::new()),
+        state: Arc::new(Mutex::new(String::new())),
+    });
+    (new_pc(handler).await, received)
+}
+
+/// Applies an offer and returns the answer's SDP.
+pub async fn answer(pc: &Arc<dyn PeerConnection>, offer_sdp: &str) -> String {
+    pc.set_remote_description(RTCSessionDescription::offer(offer_sdp.to_owned()).unwrap())
+        .await
+        .expect("apply the offer");
+    let answer = pc.create_answer(None).await.unwrap();
+    pc.set_local_description(answer).await.unwrap();
+    pc.local_description().await.unwrap().sdp
+}
+
 async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
     let mut engine = MediaEngine::default();
+    engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .unwrap();
     engine
         .register_codec(
             RTCRtpCodecParameters {
@@ -421,15 +545,17 @@ async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
             RtpCodecKind::Audio,
         )
         .unwrap();
-    engine
-        .register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: vp8(),
-                payload_type: VP8_PT,
-            },
-            RtpCodecKind::Video,
-        )
-        .unwrap();
+    for video in [Video::Vp8, Video::H264] {
+        engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: video.codec(),
+                    payload_type: video.pt(),
+                },
+                RtpCodecKind::Video,
+            )
+            .unwrap();
+    }
     let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
     let registry = register_default_interceptors(registry, &mut engine).unwrap();
     // No mDNS: the tests run in a namespace with only loopback, where multicast has no route.
@@ -467,14 +593,46 @@ impl Participant {
     /// Joins `room` and, when `publish`, starts sending audio and video.
     pub async fn join(server: &TestServer, name: &str, room: &str, publish: bool) -> Self {
         let token = server.dev_token(name, room).await;
-        Self::join_with_token(server, &token, room, publish).await
+        Self::join_with_token(server, &token, room, publish.then_some(Video::Vp8)).await
+    }
+
+    /// Joins and publishes audio plus video in `video`.
+    pub async fn join_publishing(
+        server: &TestServer,
+        name: &str,
+        room: &str,
+        video: Video,
+    ) -> Self {
+        let token = server.dev_token(name, room).await;
+        Self::join_with_token(server, &token, room, Some(video)).await
+    }
+
+    /// Joins and publishes VP8 and audio whose level extension says `audio_level` (−dBov).
+    pub async fn join_speaking(
+        server: &TestServer,
+        name: &str,
+        room: &str,
+        audio_level: u8,
+    ) -> Self {
+        let token = server.dev_token(name, room).await;
+        Self::join_full(server, &token, room, Some(Video::Vp8), audio_level).await
     }
 
     pub async fn join_with_token(
         server: &TestServer,
         token: &str,
         room: &str,
-        publish: bool,
+        publish: Option<Video>,
+    ) -> Self {
+        Self::join_full(server, token, room, publish, DEFAULT_AUDIO_LEVEL).await
+    }
+
+    pub async fn join_full(
+        server: &TestServer,
+        token: &str,
+        room: &str,
+        publish: Option<Video>,
+        audio_level: u8,
     ) -> Self {
         let mut signal = Signal::connect(&server.ws_url()).await;
         let joined = signal.auth_and_join(token, room).await;
@@ -487,7 +645,7 @@ impl Participant {
         let stop = Arc::new(AtomicBool::new(false));
         let subscribe_state = Arc::new(Mutex::new(String::from("none")));
 
-        let publish_pc = if publish {
+        let publish_pc = if let Some(video_codec) = publish {
             let handler = Arc::new(Handler {
                 received: received.clone(),
                 offered: Default::default(),
@@ -503,7 +661,7 @@ impl Participant {
             let video = Arc::new(TrackLocalStaticRTP::new(local_track(
                 "video",
                 RtpCodecKind::Video,
-                vp8(),
+                video_codec.codec(),
             )));
             pc.add_track(audio.clone()).await.unwrap();
             pc.add_track(video.clone()).await.unwrap();
@@ -520,19 +678,28 @@ impl Participant {
             )
             .await
             .unwrap();
+            let answer_sdp = answer["sdp"].as_str().unwrap();
+            let level_ext = extmap_id(answer_sdp, AUDIO_LEVEL_URI).map(|id| AudioExtensions {
+                level_id: id,
+                level: audio_level,
+                // a hop-by-hop extension the server must drop, as browsers send them
+                transport_cc_id: extmap_id(answer_sdp, TRANSPORT_CC_URI),
+            });
             tokio::spawn(send_media(
                 audio.clone(),
                 OPUS_PT,
                 20,
-                false,
+                None,
+                level_ext,
                 stop.clone(),
                 plis.clone(),
             ));
             tokio::spawn(send_media(
                 video,
-                VP8_PT,
+                video_codec.pt(),
                 33,
-                true,
+                Some(video_codec),
+                None,
                 stop.clone(),
                 plis.clone(),
             ));
@@ -688,7 +855,8 @@ async fn send_media(
     track: Arc<TrackLocalStaticRTP>,
     pt: u8,
     interval_ms: u64,
-    video: bool,
+    video: Option<Video>,
+    audio_level: Option<AudioExtensions>,
     stop: Arc<AtomicBool>,
     plis: Arc<AtomicU64>,
 ) {
@@ -726,20 +894,20 @@ async fn send_media(
     let start = Instant::now();
     let mut last_key = start;
     while !stop.load(Ordering::SeqCst) {
-        let payload = if video {
+        let payload = if let Some(codec) = video {
             let key = keyframe_wanted.swap(false, Ordering::SeqCst)
                 || last_key.elapsed() > Duration::from_secs(3);
             if key {
                 last_key = Instant::now();
             }
-            vp8_payload(key, seq)
+            codec.payload(key, seq)
         } else {
             vec![0xf8; 80]
         };
-        let packet = rtc::rtp::Packet {
+        let mut packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
-                marker: video,
+                marker: video.is_some(),
                 payload_type: pt,
                 sequence_number: seq,
                 timestamp: ts,
@@ -748,9 +916,22 @@ async fn send_media(
             },
             payload: payload.into(),
         };
+        if let Some(ext) = audio_level {
+            if let Some(id) = ext.transport_cc_id {
+                packet
+                    .header
+                    .set_extension(id, seq.to_be_bytes().to_vec().into())
+                    .unwrap();
+            }
+            // V bit set: voice activity, as browsers send it
+            packet
+                .header
+                .set_extension(ext.level_id, vec![0x80 | ext.level].into())
+                .unwrap();
+        }
         let _ = track.write_rtp(packet).await;
         seq = seq.wrapping_add(1);
-        ts = ts.wrapping_add(if video { 2970 } else { 960 });
+        ts = ts.wrapping_add(if video.is_some() { 2970 } else { 960 });
         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
     }
 }
