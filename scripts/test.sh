@@ -12,10 +12,15 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! python3 -c "import aiortc" 2>/dev/null; then
+  echo "==> aiortc (independent WHIP/WHEP client)"
+  python3 -m pip install --quiet --disable-pip-version-check aiortc
 fi
 echo "==> npm packages for the browser tests"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)

@@ -22,6 +22,50 @@ use crate::signal::protocol::{
 pub const COMMAND_QUEUE: usize = 1024;
 /// How many messages may wait for one participant's signaling session.
 pub const PARTICIPANT_QUEUE: usize = 256;
+/// How many media events may wait for the control plane (call records).
+pub const EVENT_QUEUE: usize = 4096;
+
+/// What the media plane tells the control plane about rooms, for call records.
+#[derive(Debug, Clone)]
+pub enum MediaEvent {
+    ParticipantJoined {
+        room: String,
+        participant_id: String,
+        user_id: String,
+        name: String,
+    },
+    ParticipantLeft {
+        room: String,
+        participant_id: String,
+        user_id: String,
+        reason: LeaveReason,
+        quality: Quality,
+    },
+    MediaStateChanged {
+        room: String,
+        participant_id: String,
+        user_id: String,
+        state: MediaState,
+    },
+    RoomClosed {
+        room: String,
+    },
+}
+
+/// A participant's connection quality over its stay, from the server's side.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quality {
+    /// Average round-trip time from RTCP receiver reports, when the client sent any.
+    pub avg_rtt_ms: Option<f64>,
+    /// What the participant sent us, on average.
+    pub bitrate_in_kbps: f64,
+    /// What we sent the participant, on average.
+    pub bitrate_out_kbps: f64,
+    /// RTP packets of its published tracks that never arrived.
+    pub packets_lost: u64,
+    /// RTP packets of its published tracks that arrived.
+    pub packets_received: u64,
+}
 
 pub type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 
@@ -100,6 +144,19 @@ pub enum Command {
     Stats {
         reply: oneshot::Sender<WorkerStats>,
     },
+    /// A viewer's own offer (WHEP): answered with one publisher's audio and video — `pin`
+    /// (a participant id), or the room's first publisher of video.
+    Watch {
+        participant_id: String,
+        sdp: String,
+        pin: Option<String>,
+        reply: Reply<String>,
+    },
+    /// Tell every participant `server_shutdown`, remove them all (reason `server_shutdown`,
+    /// so their records close), and stop taking joins. Replies when done.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Errors a command can end in; `code` is what clients see.
@@ -117,6 +174,10 @@ pub enum MediaError {
     BadCandidate(String),
     #[error("no subscribe offer is waiting for an answer")]
     NoOfferPending,
+    #[error("nobody in the room publishes anything to watch")]
+    NothingToWatch,
+    #[error("the server is shutting down")]
+    ShuttingDown,
     #[error("the media worker is busy; try again")]
     Busy,
     #[error("the media worker is gone")]
@@ -132,6 +193,8 @@ impl MediaError {
             MediaError::BadSdp(_) => "bad_sdp",
             MediaError::BadCandidate(_) => "bad_candidate",
             MediaError::NoOfferPending => "no_offer_pending",
+            MediaError::ShuttingDown => "server_shutdown",
+            MediaError::NothingToWatch => "nothing_to_watch",
             MediaError::Busy => "server_busy",
             MediaError::Gone => "internal",
         }
@@ -222,6 +285,13 @@ impl MediaHandle {
         let (reply, rx) = oneshot::channel();
         self.send(make(reply))?;
         rx.await.map_err(|_| MediaError::Gone)?
+    }
+
+    /// Empties the worker's rooms for a graceful shutdown (see `Command::Shutdown`).
+    pub async fn shutdown(&self) -> Result<(), MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Shutdown { reply })?;
+        rx.await.map_err(|_| MediaError::Gone)
     }
 
     pub async fn stats(&self) -> Result<WorkerStats, MediaError> {

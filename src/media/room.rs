@@ -84,6 +84,12 @@ pub struct Participant {
     pub offer_pending: bool,
     /// The wanted set of tracks changed while an offer was out.
     pub resync: bool,
+    pub joined_at: Instant,
+    /// A viewer that made its own offer (WHEP): its m-lines are fixed, never renegotiated.
+    pub fixed_subscriptions: bool,
+    /// Bytes received from / sent to this participant's connections.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl Participant {

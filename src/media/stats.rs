@@ -61,6 +61,8 @@ pub struct WorkerStats {
     pub rtp_forwarded: u64,
     pub keyframe_requests_in: u64,
     pub keyframe_requests_out: u64,
+    /// Media events the control plane's queue could not take.
+    pub events_lost: u64,
     pub drops: [u64; Drop::ALL.len()],
 }
 

@@ -19,6 +19,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::statistics::StatsSelector;
+use rtc::statistics::report::RTCStatsReportEntry;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
@@ -30,7 +33,9 @@ use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{DownTrack, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId};
 use super::stats::{Drop, WorkerStats};
 use crate::auth::random_token;
-use crate::bridge::{Command, CommandInbox, JoinRequest, Joined, LeaveReason, MediaError};
+use crate::bridge::{
+    Command, CommandInbox, JoinRequest, Joined, LeaveReason, MediaError, MediaEvent, Quality,
+};
 use crate::signal::protocol::{
     CandidateInit, MediaKind, MediaState, PcKind, ServerMessage, SubscribedTrack, TrackSource,
 };
@@ -52,11 +57,12 @@ pub fn spawn(
     bind: SocketAddr,
     host_ip: std::net::IpAddr,
     inbox: CommandInbox,
+    events: mpsc::Sender<MediaEvent>,
 ) -> io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let socket = BatchSocket::bind(bind)?;
     let local = socket.local_addr()?;
     let host = SocketAddr::new(host_ip, local.port());
-    let mut worker = Worker::new(socket, host, inbox);
+    let mut worker = Worker::new(socket, host, inbox, events);
     let handle = std::thread::Builder::new()
         .name(format!("media-{index}"))
         .spawn(move || worker.run())?;
@@ -68,6 +74,8 @@ pub struct Worker {
     /// Our advertised address: the host candidate and every datagram's `local_addr`.
     host: SocketAddr,
     inbox: CommandInbox,
+    /// Room life-cycle events for the call records.
+    events: mpsc::Sender<MediaEvent>,
     peers: HashMap<PeerId, Peer>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -82,14 +90,22 @@ pub struct Worker {
     doomed: Vec<(ParticipantId, LeaveReason)>,
     next_speaker_check: Instant,
     stopped: bool,
+    /// No more joins: the server is going away.
+    shutting_down: bool,
 }
 
 impl Worker {
-    pub fn new(socket: BatchSocket, host: SocketAddr, inbox: CommandInbox) -> Self {
+    pub fn new(
+        socket: BatchSocket,
+        host: SocketAddr,
+        inbox: CommandInbox,
+        events: mpsc::Sender<MediaEvent>,
+    ) -> Self {
         Self {
             socket,
             host,
             inbox,
+            events,
             peers: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
@@ -103,6 +119,7 @@ impl Worker {
             doomed: Vec::new(),
             next_speaker_check: Instant::now(),
             stopped: false,
+            shutting_down: false,
         }
     }
 
@@ -171,7 +188,30 @@ impl Worker {
                 events,
                 reply,
             } => {
-                let _ = reply.send(self.join(now, request, events));
+                let result = if self.shutting_down {
+                    Err(MediaError::ShuttingDown)
+                } else {
+                    self.join(now, request, events)
+                };
+                let _ = reply.send(result);
+            }
+            Command::Watch {
+                participant_id,
+                sdp,
+                pin,
+                reply,
+            } => {
+                let _ = reply.send(self.watch(now, &participant_id, sdp, pin));
+            }
+            Command::Shutdown { reply } => {
+                self.shutting_down = true;
+                let everyone: Vec<ParticipantId> = self.participants.keys().copied().collect();
+                for pid in everyone {
+                    self.notify(pid, ServerMessage::ServerShutdown);
+                    self.remove_participant(now, pid, LeaveReason::ServerShutdown);
+                }
+                self.flush();
+                let _ = reply.send(());
             }
             Command::PublishOffer {
                 participant_id,
@@ -266,10 +306,20 @@ impl Worker {
             downtracks: HashMap::new(),
             offer_pending: false,
             resync: false,
+            joined_at: now,
+            fixed_subscriptions: false,
+            bytes_in: 0,
+            bytes_out: 0,
         };
         let info = participant.info();
         self.participants.insert(id, participant);
         info!(room = %request.room, participant = %id, "participant joined");
+        self.emit(MediaEvent::ParticipantJoined {
+            room: request.room.clone(),
+            participant_id: id.to_string(),
+            user_id: info.user_id.clone(),
+            name: info.name.clone(),
+        });
 
         let joined = Joined {
             participant_id: id.to_string(),
@@ -374,8 +424,24 @@ impl Worker {
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadSdp(format!("cannot apply the answer: {e}")))?;
         participant.offer_pending = false;
+        self.bind_negotiated_legs(pid, peer_id);
+        self.touch(peer_id);
+        self.request_keyframes_for_new_legs(now, pid);
+        if std::mem::take(&mut self.participants.get_mut(&pid).expect("live").resync) {
+            self.sync_subscriptions(now, pid);
+        }
+        Ok(())
+    }
 
-        // Fix each new leg's payload type and extension ids from what was negotiated.
+    /// Fixes each new leg's payload type and extension ids from what was negotiated; returns
+    /// how many legs can now carry media.
+    fn bind_negotiated_legs(&mut self, pid: ParticipantId, peer_id: PeerId) -> usize {
+        let (Some(participant), Some(peer)) = (
+            self.participants.get_mut(&pid),
+            self.peers.get_mut(&peer_id),
+        ) else {
+            return 0;
+        };
         for (track_id, dt) in participant.downtracks.iter_mut() {
             if dt.out_pt.is_some() {
                 continue;
@@ -406,12 +472,130 @@ impl Worker {
                     "the subscriber did not accept the track's codec");
             }
         }
-        self.touch(peer_id);
-        self.request_keyframes_for_new_legs(now, pid);
-        if std::mem::take(&mut self.participants.get_mut(&pid).expect("live").resync) {
-            self.sync_subscriptions(now, pid);
+        participant
+            .downtracks
+            .values()
+            .filter(|dt| dt.out_pt.is_some())
+            .count()
+    }
+
+    /// A viewer's own offer (WHEP): answer it with one publisher's audio and video on the
+    /// viewer's m-lines. The viewer's subscriptions stay fixed: no server-side renegotiation.
+    fn watch(
+        &mut self,
+        now: Instant,
+        participant_id: &str,
+        sdp: String,
+        pin: Option<String>,
+    ) -> Result<String, MediaError> {
+        let pid = self.lookup(participant_id)?;
+        let audio = sdp.lines().filter(|l| l.starts_with("m=audio")).count();
+        let video = sdp.lines().filter(|l| l.starts_with("m=video")).count();
+        if audio > 1
+            || video > 1
+            || audio + video == 0
+            || sdp.lines().filter(|l| l.starts_with("m=")).count() != audio + video
+        {
+            return Err(MediaError::BadSdp(
+                "a viewer's offer must have at most one audio and one video section".into(),
+            ));
         }
-        Ok(())
+        let offer = RTCSessionDescription::offer(sdp)
+            .map_err(|e| MediaError::BadSdp(format!("cannot parse the offer: {e}")))?;
+        let room = self.participants[&pid].room.clone();
+        let source = self.pick_source(&room, pid, pin.as_deref())?;
+        let tracks: Vec<TrackId> = [MediaKind::Audio, MediaKind::Video]
+            .into_iter()
+            .filter_map(|kind| {
+                self.tracks
+                    .values()
+                    .filter(|t| t.owner == source && t.kind == kind)
+                    .min_by_key(|t| {
+                        t.source != TrackSource::Camera && t.source != TrackSource::Microphone
+                    })
+                    .map(|t| t.id)
+            })
+            .collect();
+
+        let peer_id = self.new_peer(now, pid, PcKind::Subscribe).map_err(|e| {
+            warn!(participant = %pid, error = %e, "cannot create a peer connection");
+            MediaError::BadSdp("cannot create a peer connection".into())
+        })?;
+        {
+            let participant = self.participants.get_mut(&pid).expect("looked up above");
+            participant.fixed_subscriptions = true;
+            participant.subscribe = Some(peer_id);
+        }
+        let result = self.answer_viewer(now, pid, peer_id, offer, &tracks);
+        if result.is_err() {
+            self.doomed.push((pid, LeaveReason::Left));
+        }
+        result
+    }
+
+    fn answer_viewer(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        peer_id: PeerId,
+        offer: RTCSessionDescription,
+        tracks: &[TrackId],
+    ) -> Result<String, MediaError> {
+        {
+            let peer = self.peers.get_mut(&peer_id).expect("just created");
+            peer.pc
+                .set_remote_description(now, offer)
+                .map_err(|e| MediaError::BadSdp(format!("cannot apply the offer: {e}")))?;
+        }
+        for id in tracks {
+            self.add_downtrack(pid, peer_id, *id);
+        }
+        let peer = self.peers.get_mut(&peer_id).expect("just created");
+        peer.pc
+            .create_answer(None)
+            .and_then(|a| peer.pc.set_local_description(now, a))
+            .map_err(|e| MediaError::BadSdp(format!("cannot answer the offer: {e}")))?;
+        let sdp = peer
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| MediaError::BadSdp("no answer was produced".into()))?;
+        if self.bind_negotiated_legs(pid, peer_id) == 0 {
+            return Err(MediaError::BadSdp(
+                "the offer accepts none of the codecs being published".into(),
+            ));
+        }
+        self.touch(peer_id);
+        Ok(sdp)
+    }
+
+    /// Whom a viewer watches: the pinned participant, or the room's first publisher of video
+    /// (then of anything).
+    fn pick_source(
+        &self,
+        room: &str,
+        viewer: ParticipantId,
+        pin: Option<&str>,
+    ) -> Result<ParticipantId, MediaError> {
+        let members = self.room_members(room);
+        let publishes = |p: &ParticipantId, kind: Option<MediaKind>| {
+            self.tracks
+                .values()
+                .any(|t| t.owner == *p && kind.is_none_or(|k| t.kind == k))
+        };
+        if let Some(pin) = pin {
+            return pin
+                .parse::<ParticipantId>()
+                .ok()
+                .filter(|p| members.contains(p) && *p != viewer && publishes(p, None))
+                .ok_or(MediaError::NothingToWatch);
+        }
+        let others = || members.iter().filter(|p| **p != viewer);
+        others()
+            .find(|p| publishes(p, Some(MediaKind::Video)))
+            .or_else(|| others().find(|p| publishes(p, None)))
+            .copied()
+            .ok_or(MediaError::NothingToWatch)
     }
 
     fn add_candidate(
@@ -452,6 +636,13 @@ impl Worker {
         let participant = self.participants.get_mut(&pid).expect("looked up above");
         participant.media = state;
         let room = participant.room.clone();
+        let event = MediaEvent::MediaStateChanged {
+            room: room.clone(),
+            participant_id: pid.to_string(),
+            user_id: participant.user_id.clone(),
+            state,
+        };
+        self.emit(event);
         let msg = ServerMessage::MediaState {
             participant_id: pid.to_string(),
             audio: state.audio,
@@ -555,6 +746,9 @@ impl Worker {
             .expect("routing tables hold live peers");
         peer.last_heard = now;
         peer.heard = true;
+        if let Some(owner) = self.participants.get_mut(&peer.owner) {
+            owner.bytes_in += bytes.len() as u64;
+        }
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -850,6 +1044,14 @@ impl Worker {
         if !participant.can_subscribe {
             return;
         }
+        if participant.fixed_subscriptions {
+            // A viewer (WHEP) keeps its m-lines; legs of gone tracks just fall silent.
+            let tracks = &self.tracks;
+            participant
+                .downtracks
+                .retain(|id, _| tracks.contains_key(id));
+            return;
+        }
         if participant.offer_pending {
             participant.resync = true;
             return;
@@ -906,48 +1108,10 @@ impl Worker {
             }
         }
         for id in to_add {
-            let Some(track) = self.tracks.get_mut(&id) else {
-                continue;
-            };
-            let ssrc: u32 = rand::random();
-            let rtc_track_id = id.to_string();
-            let kind = match track.kind {
-                MediaKind::Audio => RtpCodecKind::Audio,
-                MediaKind::Video => RtpCodecKind::Video,
-            };
-            let media = MediaStreamTrack::new(
-                track.owner.to_string(),
-                rtc_track_id.clone(),
-                format!("{:?}", track.source),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: track.codec.clone(),
-                    ..Default::default()
-                }],
-            );
-            match peer.pc.add_track(media) {
-                Ok(sender_id) => {
-                    track.subscribers.push(pid);
-                    participant.downtracks.insert(
-                        id,
-                        DownTrack {
-                            sender_id,
-                            rtc_track_id,
-                            mid: String::new(),
-                            out_pt: None,
-                            ext_out: [0; FORWARDED_EXTENSIONS.len()],
-                            munger: Munger::new(ssrc, rand::random(), rand::random()),
-                            is_video: track.kind == MediaKind::Video,
-                        },
-                    );
-                }
-                Err(err) => warn!(participant = %pid, track = %id, %err, "cannot add a down-track"),
-            }
+            self.add_downtrack(pid, peer_id, id);
         }
+        let participant = self.participants.get_mut(&pid).expect("checked above");
+        let peer = self.peers.get_mut(&peer_id).expect("live peer");
 
         let offer = peer
             .pc
@@ -990,6 +1154,55 @@ impl Worker {
         participant.offer_pending = true;
         self.touch(peer_id);
         self.notify(pid, ServerMessage::SubscribeOffer { sdp, tracks });
+    }
+
+    /// Adds a sender for `id` to `pid`'s subscribe connection and the DownTrack behind it.
+    fn add_downtrack(&mut self, pid: ParticipantId, peer_id: PeerId, id: TrackId) {
+        let (Some(track), Some(participant), Some(peer)) = (
+            self.tracks.get_mut(&id),
+            self.participants.get_mut(&pid),
+            self.peers.get_mut(&peer_id),
+        ) else {
+            return;
+        };
+        let ssrc: u32 = rand::random();
+        let rtc_track_id = id.to_string();
+        let kind = match track.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let media = MediaStreamTrack::new(
+            track.owner.to_string(),
+            rtc_track_id.clone(),
+            format!("{:?}", track.source),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: track.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        match peer.pc.add_track(media) {
+            Ok(sender_id) => {
+                track.subscribers.push(pid);
+                participant.downtracks.insert(
+                    id,
+                    DownTrack {
+                        sender_id,
+                        rtc_track_id,
+                        mid: String::new(),
+                        out_pt: None,
+                        ext_out: [0; FORWARDED_EXTENSIONS.len()],
+                        munger: Munger::new(ssrc, rand::random(), rand::random()),
+                        is_video: track.kind == MediaKind::Video,
+                    },
+                );
+            }
+            Err(err) => warn!(participant = %pid, track = %id, %err, "cannot add a down-track"),
+        }
     }
 
     // ---- forwarding ---------------------------------------------------------------------
@@ -1174,7 +1387,15 @@ impl Worker {
         for track in published {
             self.remove_track(now, track);
         }
+        let quality = self.quality(now, pid);
         let participant = self.participants.remove(&pid).expect("checked above");
+        self.emit(MediaEvent::ParticipantLeft {
+            room: room.clone(),
+            participant_id: pid.to_string(),
+            user_id: participant.user_id.clone(),
+            reason,
+            quality,
+        });
         for track in participant.downtracks.keys() {
             if let Some(t) = self.tracks.get_mut(track) {
                 t.subscribers.retain(|s| *s != pid);
@@ -1200,9 +1421,64 @@ impl Worker {
             if r.participants.is_empty() {
                 self.rooms.remove(&room);
                 info!(room = %room, "room closed");
+                self.emit(MediaEvent::RoomClosed { room: room.clone() });
             }
         }
         self.broadcast(&room, None, left);
+    }
+
+    /// A participant's quality over its stay: byte rates from our counters, loss and RTT from
+    /// its connections' RTCP statistics.
+    fn quality(&mut self, now: Instant, pid: ParticipantId) -> Quality {
+        let Some(participant) = self.participants.get(&pid) else {
+            return Quality::default();
+        };
+        let secs = now
+            .saturating_duration_since(participant.joined_at)
+            .as_secs_f64()
+            .max(0.001);
+        let mut quality = Quality {
+            bitrate_in_kbps: participant.bytes_in as f64 * 8.0 / secs / 1000.0,
+            bitrate_out_kbps: participant.bytes_out as f64 * 8.0 / secs / 1000.0,
+            ..Quality::default()
+        };
+        let (mut rtt_sum, mut rtt_count) = (0.0, 0u64);
+        for peer_id in [participant.publish, participant.subscribe]
+            .into_iter()
+            .flatten()
+        {
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
+                continue;
+            };
+            let report = peer.pc.get_stats(now, StatsSelector::None);
+            for entry in report.iter() {
+                match entry {
+                    RTCStatsReportEntry::InboundRtp(s) => {
+                        let r = &s.received_rtp_stream_stats;
+                        quality.packets_lost += r.packets_lost.max(0) as u64;
+                        quality.packets_received += r.packets_received;
+                    }
+                    RTCStatsReportEntry::RemoteInboundRtp(s) => {
+                        rtt_sum += s.total_round_trip_time;
+                        rtt_count += s.round_trip_time_measurements;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if rtt_count > 0 {
+            quality.avg_rtt_ms = Some(rtt_sum / rtt_count as f64 * 1000.0);
+        }
+        quality
+    }
+
+    /// Hands an event to the call records. They must keep up: a full queue is logged and
+    /// counted, never waited on.
+    fn emit(&mut self, event: MediaEvent) {
+        if let Err(err) = self.events.try_send(event) {
+            self.stats.events_lost += 1;
+            warn!(event = ?err.into_inner(), "media event queue full or closed; record not updated");
+        }
     }
 
     fn reap(&mut self) {
@@ -1243,10 +1519,17 @@ impl Worker {
                 continue;
             };
             peer.touched = false;
+            let before = self.outbox.len();
             while let Some(msg) = peer.pc.poll_write() {
                 self.outbox.push((msg.transport.peer_addr, msg.message));
             }
             peer.next_timeout = peer.pc.poll_timeout();
+            if let Some(owner) = self.participants.get_mut(&peer.owner) {
+                owner.bytes_out += self.outbox[before..]
+                    .iter()
+                    .map(|(_, b)| b.len() as u64)
+                    .sum::<u64>();
+            }
         }
         if self.outbox.is_empty() {
             return;
