@@ -87,6 +87,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace: u64,
 
+    /// Seconds a call rings before unanswered invitees miss it (1 to 3600).
+    #[arg(long, env = "SWITCHBOARD_RING_TIMEOUT", default_value_t = 45,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ring_timeout: u64,
+
+    /// Calls one user may create per minute (1 to 10000); more get 429.
+    #[arg(long, env = "SWITCHBOARD_CALL_RATE_LIMIT", default_value_t = 10,
+          value_parser = parse_rate_limit)]
+    pub call_rate_limit: usize,
+
     /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
     /// Flags and environment variables win over it.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
@@ -118,6 +128,10 @@ fn parse_room_size(s: &str) -> Result<usize, String> {
 
 fn parse_worker_count(s: &str) -> Result<usize, String> {
     parse_in_range(s, 64)
+}
+
+fn parse_rate_limit(s: &str) -> Result<usize, String> {
+    parse_in_range(s, 10_000)
 }
 
 impl Config {
@@ -209,6 +223,8 @@ impl Config {
             log_format,
             metrics_token,
             shutdown_grace,
+            ring_timeout,
+            call_rate_limit,
             config,
         } = self;
         let secret = |s: &Option<String>| if s.is_some() { "<redacted>" } else { "none" };
@@ -219,7 +235,8 @@ impl Config {
             "http_addr={http_addr} udp_port={udp_port} public_ip={} data_dir={} jwt_secret={} \
              stun_url={} turn_url={} turn_secret={} max_participants={max_participants} \
              media_workers={media_workers} log_format={} metrics_token={} \
-             shutdown_grace={shutdown_grace} config={}",
+             shutdown_grace={shutdown_grace} ring_timeout={ring_timeout} \
+             call_rate_limit={call_rate_limit} config={}",
             opt(public_ip.map(|ip| ip.to_string())),
             data_dir.display(),
             secret(jwt_secret),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub workers: Arc<Vec<MediaHandle>>,
     pub store: CallStore,
     pub metrics: Arc<Metrics>,
+    /// Call notifications, ring timers and rate limits (`api::live`).
+    pub calls: crate::api::Calls,
 }
 
 impl AppState {
@@ -93,7 +95,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/ws", get(ws));
+        .route("/ws", get(ws))
+        .merge(crate::api::routes());
     if state.auth.dev_mode() {
         api = api.route("/api/dev/token", post(dev_token));
     }

@@ -24,6 +24,7 @@
 //! answered with a stable error code; it never panics. An `expect` stands only on an invariant
 //! of our own tables, with the reason it holds.
 
+pub mod api;
 pub mod auth;
 pub mod bridge;
 pub mod config;

@@ -3,6 +3,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard::api::Calls;
+use switchboard::api::live::consume_media_events;
 use switchboard::auth::{Auth, generate_secret};
 use switchboard::config::{Config, LoadError, LogFormat};
 use switchboard::http::{AppState, app};
@@ -119,6 +121,8 @@ fn run(config: Config) -> Result<(), String> {
         )
     })?;
 
+    // Room life-cycle events from every media worker, for the call records.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(bridge::EVENT_QUEUE);
     let mut workers = Vec::new();
     for i in 0..config.media_workers {
         let (handle, inbox) =
@@ -129,7 +133,7 @@ fn run(config: Config) -> Result<(), String> {
             config.udp_port + i as u16
         };
         let bind = std::net::SocketAddr::new(config.http_addr.ip(), port);
-        let (addr, _thread) = media::spawn(i, bind, host_ip, inbox)
+        let (addr, _thread) = media::spawn(i, bind, host_ip, inbox, events_tx.clone())
             .map_err(|e| format!("cannot bind the media port {bind}: {e}"))?;
         info!(%addr, advertised = %host_ip, "media worker {i} listening");
         workers.push(handle);
@@ -142,6 +146,7 @@ fn run(config: Config) -> Result<(), String> {
         workers: Arc::new(workers),
         store: store.clone(),
         metrics: metrics.clone(),
+        calls: Calls::new(config.call_rate_limit),
     };
     let grace = Duration::from_secs(config.shutdown_grace);
     let runtime =
@@ -156,6 +161,9 @@ fn run(config: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on --http-addr {}: {e}", config.http_addr))?;
         info!(addr = %config.http_addr, dev_mode, "http listening; open http://{}", config.http_addr);
+
+        // The call records follow the rooms.
+        tokio::spawn(consume_media_events(state.clone(), events_rx));
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -188,6 +188,14 @@ pub enum ServerMessage {
     ActiveSpeaker {
         participant_id: String,
     },
+    /// You are invited to a call (`docs/api.md`): answer or reject it over REST.
+    CallIncoming {
+        call: Box<crate::api::model::CallState>,
+    },
+    /// A call you are part of is over (`call.status`, `call.end_reason`).
+    CallEnded {
+        call: Box<crate::api::model::CallState>,
+    },
     /// The server is going away; reconnect later.
     ServerShutdown,
     Pong,

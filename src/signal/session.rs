@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
 use super::protocol::{ClientMessage, ServerMessage};
+use crate::api::live::{NOTIFY_QUEUE, SessionGuard, session_started};
 use crate::auth::{AuthError, Claims};
 use crate::bridge::{
     Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE,
@@ -65,6 +66,8 @@ where
 {
     let mut claims: Option<Claims> = None;
     let mut joined: Option<Joined> = None;
+    // Call notifications (`call_incoming`, `call_ended`) for the authenticated user.
+    let mut notices: Option<(SessionGuard, mpsc::Receiver<ServerMessage>)> = None;
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = tokio::time::Instant::now();
     let auth_deadline = tokio::time::sleep(AUTH_TIMEOUT);
@@ -80,6 +83,12 @@ where
             let event = async {
                 match &mut joined {
                     Some(j) => j.events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let notice = async {
+                match &mut notices {
+                    Some((_, rx)) => rx.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -105,6 +114,14 @@ where
                         Step::Quiet => {}
                         Step::Close(msg) => { let _ = send(&mut output, msg).await; break }
                     }
+                    if notices.is_none() && let Some(c) = &claims {
+                        let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
+                        notices = Some((state.calls.register(&c.sub, tx), rx));
+                        tokio::spawn(session_started(state.clone(), c.sub.clone()));
+                    }
+                }
+                Some(msg) = notice => {
+                    if send(&mut output, msg).await.is_err() { break }
                 }
                 Some(msg) = event => {
                     if let (ServerMessage::ParticipantLeft { participant_id, .. }, Some(j)) = (&msg, &joined)
