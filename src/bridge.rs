@@ -152,6 +152,15 @@ pub enum Command {
         pin: Option<String>,
         reply: Reply<String>,
     },
+    /// An ICE restart requested by the client of `pc` (WHIP/WHEP `PATCH` with `If-Match: *`):
+    /// the client's new credentials; replies with the server's answer fragment.
+    RestartIce {
+        participant_id: String,
+        pc: PcKind,
+        ufrag: String,
+        pwd: String,
+        reply: Reply<String>,
+    },
     /// Tell every participant `server_shutdown`, remove them all (reason `server_shutdown`,
     /// so their records close), and stop taking joins. Replies when done.
     Shutdown {

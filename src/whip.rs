@@ -479,17 +479,13 @@ async fn patch(
             .into_response(),
         );
     };
+    let pc = match kind {
+        Kind::Whip => PcKind::Publish,
+        Kind::Whep => PcKind::Subscribe,
+    };
+    let frag = String::from_utf8_lossy(&body);
     if if_match.trim() == "*" {
-        // An ICE restart. The server is ICE-lite with one credential set per connection;
-        // restarting it is not supported yet: the client should start a new session.
-        return with_cors(
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "ice_restart_unsupported",
-                "ICE restarts are not supported; DELETE this session and POST a new one",
-            )
-            .into_response(),
-        );
+        return restart(&state, &id, &participant_id, &media, pc, &frag).await;
     }
     if if_match.trim() != etag {
         return with_cors(
@@ -501,11 +497,6 @@ async fn patch(
             .into_response(),
         );
     }
-    let frag = String::from_utf8_lossy(&body);
-    let pc = match kind {
-        Kind::Whip => PcKind::Publish,
-        Kind::Whep => PcKind::Subscribe,
-    };
     for candidate in trickle_candidates(&frag) {
         let pid = participant_id.clone();
         if let Err(e) = media
@@ -521,6 +512,54 @@ async fn patch(
         }
     }
     with_cors(StatusCode::NO_CONTENT.into_response())
+}
+
+/// An ICE restart (RFC 9725 §4.3.2): the client's new credentials in, the server's fragment
+/// out with a new ETag.
+async fn restart(
+    state: &AppState,
+    id: &str,
+    participant_id: &str,
+    media: &MediaHandle,
+    pc: PcKind,
+    frag: &str,
+) -> Response {
+    let value = |prefix: &str| {
+        frag.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
+    };
+    let (Some(ufrag), Some(pwd)) = (value("a=ice-ufrag:"), value("a=ice-pwd:")) else {
+        return with_cors(
+            ApiError::bad_request("an ICE restart needs a=ice-ufrag and a=ice-pwd").into_response(),
+        );
+    };
+    let participant_id = participant_id.to_owned();
+    let answer = media
+        .request(|reply| Command::RestartIce {
+            participant_id,
+            pc,
+            ufrag,
+            pwd,
+            reply,
+        })
+        .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return media_error(e),
+    };
+    let etag = format!("\"{}\"", random_token(8));
+    if let Some(session) = state.whip.lock().get_mut(id) {
+        session.etag = etag.clone();
+    }
+    let mut headers = HeaderMap::new();
+    cors(&mut headers);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
+    (StatusCode::OK, headers, answer).into_response()
 }
 
 /// The candidates of a trickle-ice-sdpfrag (RFC 8840), each with the `a=mid` before it.

@@ -203,6 +203,15 @@ impl Worker {
             } => {
                 let _ = reply.send(self.watch(now, &participant_id, sdp, pin));
             }
+            Command::RestartIce {
+                participant_id,
+                pc,
+                ufrag,
+                pwd,
+                reply,
+            } => {
+                let _ = reply.send(self.restart_ice(now, &participant_id, pc, &ufrag, &pwd));
+            }
             Command::Shutdown { reply } => {
                 self.shutting_down = true;
                 let everyone: Vec<ParticipantId> = self.participants.keys().copied().collect();
@@ -567,6 +576,73 @@ impl Worker {
         }
         self.touch(peer_id);
         Ok(sdp)
+    }
+
+    /// Restarts ICE on a connection the client offered (WHIP/WHEP): its last offer again with
+    /// the new credentials, answered; returns the answer's ICE lines as an sdpfrag.
+    fn restart_ice(
+        &mut self,
+        now: Instant,
+        participant_id: &str,
+        pc: PcKind,
+        ufrag: &str,
+        pwd: &str,
+    ) -> Result<String, MediaError> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 256
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        };
+        if !valid(ufrag) || !valid(pwd) {
+            return Err(MediaError::BadSdp(
+                "the fragment needs a valid a=ice-ufrag and a=ice-pwd".into(),
+            ));
+        }
+        let pid = self.lookup(participant_id)?;
+        let participant = &self.participants[&pid];
+        let peer_id = match pc {
+            PcKind::Publish => participant.publish,
+            PcKind::Subscribe => participant.subscribe,
+        }
+        .ok_or(MediaError::NotJoined)?;
+        let peer = self
+            .peers
+            .get_mut(&peer_id)
+            .expect("peer ids in participants are live");
+        let previous = peer
+            .pc
+            .remote_description()
+            .map(|d| d.sdp.clone())
+            .ok_or_else(|| MediaError::BadSdp("no offer to restart".into()))?;
+        let offer: String = previous
+            .lines()
+            .map(|l| {
+                if l.starts_with("a=ice-ufrag:") {
+                    format!("a=ice-ufrag:{ufrag}")
+                } else if l.starts_with("a=ice-pwd:") {
+                    format!("a=ice-pwd:{pwd}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .map(|l| l + "\r\n")
+            .collect();
+        let offer = RTCSessionDescription::offer(offer)
+            .map_err(|e| MediaError::BadSdp(format!("cannot restart ICE: {e}")))?;
+        let answer = apply_offer(&mut peer.pc, now, offer).map_err(MediaError::BadSdp)?;
+        self.touch(peer_id);
+        let mut frag = String::new();
+        for line in answer.lines() {
+            let keep = ["a=ice-ufrag:", "a=ice-pwd:", "a=ice-lite", "a=candidate:"]
+                .iter()
+                .any(|p| line.starts_with(p));
+            if keep && !frag.contains(line) {
+                frag.push_str(line);
+                frag.push_str("\r\n");
+            }
+        }
+        Ok(frag)
     }
 
     /// Whom a viewer watches: the pinned participant, or the room's first publisher of video
