@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Call notifications, ring timers and rate limits (`api::live`).
     pub calls: crate::api::Calls,
+    /// Live WHIP/WHEP sessions.
+    pub whip: Arc<crate::whip::Sessions>,
 }
 
 impl AppState {
@@ -96,7 +98,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/ws", get(ws))
-        .merge(crate::api::routes());
+        .merge(crate::api::routes())
+        .merge(crate::whip::routes());
     if state.auth.dev_mode() {
         api = api.route("/api/dev/token", post(dev_token));
     }
@@ -237,11 +240,13 @@ impl From<AuthError> for ApiError {
 impl From<MediaError> for ApiError {
     fn from(e: MediaError) -> Self {
         let status = match e {
-            MediaError::RoomFull(_) | MediaError::NoOfferPending => StatusCode::CONFLICT,
+            MediaError::RoomFull(_) | MediaError::NoOfferPending | MediaError::NothingToWatch => {
+                StatusCode::CONFLICT
+            }
             MediaError::NotJoined => StatusCode::NOT_FOUND,
             MediaError::Forbidden(_) => StatusCode::FORBIDDEN,
             MediaError::BadSdp(_) | MediaError::BadCandidate(_) => StatusCode::BAD_REQUEST,
-            MediaError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            MediaError::Busy | MediaError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             MediaError::Gone => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.code(), e.to_string())

@@ -33,3 +33,4 @@ pub mod media;
 pub mod metrics;
 pub mod signal;
 pub mod store;
+pub mod whip;

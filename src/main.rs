@@ -39,9 +39,12 @@ fn main() {
     }
 }
 
+/// Our own info logs; only warnings and errors of the WebRTC stack (it is chatty at info).
+const DEFAULT_LOG_FILTER: &str = "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -147,6 +150,7 @@ fn run(config: Config) -> Result<(), String> {
         store: store.clone(),
         metrics: metrics.clone(),
         calls: Calls::new(config.call_rate_limit),
+        whip: Default::default(),
     };
     let grace = Duration::from_secs(config.shutdown_grace);
     let runtime =
