@@ -1,0 +1,303 @@
+//! The run's figures: built from the server samples and what the clients measured.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::baseline::Baseline;
+use crate::client::Shared;
+use crate::server::ServerSample;
+use crate::{Args, delta};
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rooms: usize,
+    pub participants_per_room: usize,
+    pub duration_s: f64,
+    pub video_pairs_flowing: usize,
+    pub video_pairs: usize,
+    pub client_sent_pps: f64,
+    pub client_received_pps: f64,
+    pub server_rtp_in_pps: Option<f64>,
+    pub server_forwarded_pps: Option<f64>,
+    pub server_datagrams_in_pps: Option<f64>,
+    pub server_datagrams_out_pps: Option<f64>,
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_util: Option<f64>,
+    /// CPU per forwarded packet; the count from /metrics, else from the clients.
+    pub cpu_ns_per_forwarded: Option<f64>,
+    pub forwarded_count_source: &'static str,
+    pub rss_kib: Option<u64>,
+    pub rss_idle_kib: Option<u64>,
+    pub rss_kib_per_participant: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+    pub loss_pct: Option<f64>,
+    pub first_frame_p50_ms: Option<f64>,
+    pub first_frame_max_ms: Option<f64>,
+    pub join_p50_ms: Option<f64>,
+    pub baseline: Option<Baseline>,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(i).copied()
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        args: &Args,
+        shared: &Shared,
+        idle: &ServerSample,
+        before: &ServerSample,
+        after: &ServerSample,
+        elapsed: Duration,
+        sent: u64,
+        flowing: usize,
+        pairs: usize,
+        baseline: Option<Baseline>,
+        load_before: String,
+    ) -> Self {
+        let secs = elapsed.as_secs_f64();
+        let per_s = |name: &str| delta(before, after, name).map(|d| d / secs);
+        let mut r = Report {
+            rooms: args.rooms,
+            participants_per_room: args.participants,
+            duration_s: secs,
+            video_pairs_flowing: flowing,
+            video_pairs: pairs,
+            client_sent_pps: sent as f64 / secs,
+            server_rtp_in_pps: per_s("switchboard_rtp_in_total"),
+            server_forwarded_pps: per_s("switchboard_rtp_forwarded_total"),
+            server_datagrams_in_pps: per_s("switchboard_datagrams_in_total"),
+            server_datagrams_out_pps: per_s("switchboard_datagrams_out_total"),
+            baseline,
+            load_before,
+            load_after: loadavg(),
+            ..Default::default()
+        };
+
+        let tracks = shared.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        let publish_started = shared
+            .publish_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (mut latencies, mut first_frames) = (Vec::new(), Vec::new());
+        let (mut measured, mut expected) = (0u64, 0u64);
+        for t in tracks.iter() {
+            let t = t.lock().unwrap_or_else(|e| e.into_inner());
+            latencies.extend(t.latencies_us.iter().map(|&l| f64::from(l) / 1000.0));
+            measured += t.measured;
+            if let Some(first) = t.first_seq {
+                expected += t.highest_seq - first + 1;
+            }
+            if t.video
+                && let (Some(first), Some(join)) = (t.first_packet, t.subscriber_join)
+            {
+                // from when both ends were there: the later of the subscriber's join and the
+                // publisher's publish
+                let start = publish_started
+                    .get(&t.publisher)
+                    .map_or(join, |&p| p.max(join));
+                first_frames.push(first.saturating_duration_since(start).as_secs_f64() * 1e3);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        first_frames.sort_by(f64::total_cmp);
+        r.client_received_pps = measured as f64 / secs;
+        r.latency_p50_ms = percentile(&latencies, 0.5);
+        r.latency_p99_ms = percentile(&latencies, 0.99);
+        r.latency_max_ms = latencies.last().copied();
+        r.loss_pct = (expected > 0)
+            .then(|| 100.0 * expected.saturating_sub(measured) as f64 / expected as f64);
+        r.first_frame_p50_ms = percentile(&first_frames, 0.5);
+        r.first_frame_max_ms = first_frames.last().copied();
+        let mut joins: Vec<f64> = shared
+            .join_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        joins.sort_by(f64::total_cmp);
+        r.join_p50_ms = percentile(&joins, 0.5);
+
+        if let (Some(a), Some(b)) = (after.cpu_secs, before.cpu_secs) {
+            let cpu = a - b;
+            r.server_cpu_s = Some(cpu);
+            r.server_cpu_util = Some(cpu / secs);
+            let forwarded = match delta(before, after, "switchboard_rtp_forwarded_total") {
+                Some(f) => {
+                    r.forwarded_count_source = "server /metrics rtp_forwarded_total";
+                    f
+                }
+                None => {
+                    r.forwarded_count_source = "packets the clients received";
+                    measured as f64
+                }
+            };
+            r.cpu_ns_per_forwarded = (forwarded > 0.0).then(|| cpu * 1e9 / forwarded);
+        }
+        let participants = (args.rooms * args.participants) as f64;
+        r.rss_kib = after.rss_kib;
+        r.rss_idle_kib = idle.rss_kib;
+        if let (Some(a), Some(i)) = (after.rss_kib, idle.rss_kib) {
+            r.rss_kib_per_participant = Some(a.saturating_sub(i) as f64 / participants);
+        }
+        r
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        Some(self.cpu_ns_per_forwarded? / self.baseline?.cpu_ns_per_packet)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "rooms": self.rooms,
+            "participants_per_room": self.participants_per_room,
+            "duration_s": self.duration_s,
+            "video_pairs_flowing": self.video_pairs_flowing,
+            "video_pairs": self.video_pairs,
+            "client_sent_pps": self.client_sent_pps,
+            "client_received_pps": self.client_received_pps,
+            "server_rtp_in_pps": self.server_rtp_in_pps,
+            "server_forwarded_pps": self.server_forwarded_pps,
+            "server_datagrams_in_pps": self.server_datagrams_in_pps,
+            "server_datagrams_out_pps": self.server_datagrams_out_pps,
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_util": self.server_cpu_util,
+            "server_cpu_ns_per_forwarded_packet": self.cpu_ns_per_forwarded,
+            "forwarded_count_source": self.forwarded_count_source,
+            "server_rss_kib": self.rss_kib,
+            "server_rss_idle_kib": self.rss_idle_kib,
+            "server_rss_kib_per_participant": self.rss_kib_per_participant,
+            "latency_p50_ms": self.latency_p50_ms,
+            "latency_p99_ms": self.latency_p99_ms,
+            "latency_max_ms": self.latency_max_ms,
+            "loss_pct": self.loss_pct,
+            "first_frame_p50_ms": self.first_frame_p50_ms,
+            "first_frame_max_ms": self.first_frame_max_ms,
+            "join_signaling_p50_ms": self.join_p50_ms,
+            "baseline": self.baseline.map(|b| json!({
+                "cpu_ns_per_packet": b.cpu_ns_per_packet,
+                "wall_ns_per_packet": b.wall_ns_per_packet,
+                "packets": b.packets,
+                "refused": b.refused,
+                "average_bytes": b.average_bytes,
+            })),
+            "ratio_to_baseline": self.ratio(),
+            "loadavg_before": self.load_before,
+            "loadavg_after": self.load_after,
+        })
+    }
+
+    pub fn table(&self) -> String {
+        fn f(v: Option<f64>, digits: usize) -> String {
+            v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+        }
+        let mut s = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(s, "{k:<44} {v}");
+        };
+        row(
+            "rooms × participants",
+            format!("{} × {}", self.rooms, self.participants_per_room),
+        );
+        row("measured for (s)", format!("{:.1}", self.duration_s));
+        row(
+            "video pairs flowing / expected",
+            format!("{} / {}", self.video_pairs_flowing, self.video_pairs),
+        );
+        row(
+            "client packets sent /s",
+            format!("{:.0}", self.client_sent_pps),
+        );
+        row(
+            "client packets received /s",
+            format!("{:.0}", self.client_received_pps),
+        );
+        row("server RTP in /s", f(self.server_rtp_in_pps, 0));
+        row("server RTP forwarded /s", f(self.server_forwarded_pps, 0));
+        row("server datagrams in /s", f(self.server_datagrams_in_pps, 0));
+        row(
+            "server datagrams out /s",
+            f(self.server_datagrams_out_pps, 0),
+        );
+        row(
+            "server CPU (s, share of one core)",
+            format!(
+                "{} ({})",
+                f(self.server_cpu_s, 2),
+                f(self.server_cpu_util, 3)
+            ),
+        );
+        row(
+            "server CPU per forwarded packet (ns)",
+            format!(
+                "{}  [count: {}]",
+                f(self.cpu_ns_per_forwarded, 0),
+                self.forwarded_count_source
+            ),
+        );
+        if let Some(b) = self.baseline {
+            row(
+                "raw baseline SRTP+sendmmsg CPU/packet (ns)",
+                format!(
+                    "{:.0}  ({} packets, avg {:.0} B, {} refused)",
+                    b.cpu_ns_per_packet, b.packets, b.average_bytes, b.refused
+                ),
+            );
+        }
+        row("ratio to the raw baseline", f(self.ratio(), 2));
+        row(
+            "server RSS (KiB; idle)",
+            format!(
+                "{} ({})",
+                self.rss_kib.map_or("n/a".into(), |v| v.to_string()),
+                self.rss_idle_kib.map_or("n/a".into(), |v| v.to_string())
+            ),
+        );
+        row(
+            "server RSS per participant over idle (KiB)",
+            f(self.rss_kib_per_participant, 0),
+        );
+        row(
+            "end-to-end latency p50 / p99 / max (ms)",
+            format!(
+                "{} / {} / {}",
+                f(self.latency_p50_ms, 2),
+                f(self.latency_p99_ms, 2),
+                f(self.latency_max_ms, 1)
+            ),
+        );
+        row("loss (%)", f(self.loss_pct, 3));
+        row(
+            "join to first video frame p50 / max (ms)",
+            format!(
+                "{} / {}",
+                f(self.first_frame_p50_ms, 0),
+                f(self.first_frame_max_ms, 0)
+            ),
+        );
+        row("signaling join p50 (ms)", f(self.join_p50_ms, 0));
+        row(
+            "load average before / after",
+            format!("{} / {}", self.load_before, self.load_after),
+        );
+        s
+    }
+}
