@@ -140,13 +140,15 @@ fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
 }
 
-/// Checks what every POST needs: the media type, a body, a token granting the room.
+/// Checks what every POST needs: the media type, a token granting the room and the direction,
+/// and an offer of at most one audio and one video section. Returns the claims and the offer.
 fn admit(
     state: &AppState,
+    kind: Kind,
     headers: &HeaderMap,
     room: &str,
     body: &Bytes,
-) -> Result<Claims, ApiError> {
+) -> Result<(Claims, String), ApiError> {
     if !content_type_is(headers, SDP) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -163,17 +165,30 @@ fn admit(
             "room must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
         ));
     }
+    let forbidden = |why: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", why);
     if !claims.grants_room(room) {
+        return Err(forbidden("this token does not grant that room"));
+    }
+    match kind {
+        Kind::Whip if !claims.can_publish => return Err(forbidden("this token may not publish")),
+        Kind::Whep if !claims.can_subscribe => {
+            return Err(forbidden("this token may not subscribe"));
+        }
+        _ => {}
+    }
+    let sdp = std::str::from_utf8(body)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("the body must be an SDP offer"))?;
+    let (audio, video, other) = media_sections(sdp);
+    if audio > 1 || video > 1 || other > 0 || audio + video == 0 {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token does not grant that room",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported_offer",
+            "an offer may carry at most one audio and one video section",
         ));
     }
-    if body.is_empty() || std::str::from_utf8(body).is_err() {
-        return Err(ApiError::bad_request("the body must be an SDP offer"));
-    }
-    Ok(claims)
+    Ok((claims, sdp.to_owned()))
 }
 
 /// Counts the m-lines of an offer by kind: (audio, video, other).
@@ -197,33 +212,10 @@ async fn whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match admit(&state, &headers, &room, &body) {
-        Ok(c) => c,
-        Err(e) => return with_cors(e.into_response()),
-    };
-    if !claims.can_publish {
-        return with_cors(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this token may not publish",
-            )
-            .into_response(),
-        );
+    match admit(&state, Kind::Whip, &headers, &room, &body) {
+        Ok((claims, sdp)) => open_session(state, Kind::Whip, room, claims, sdp, None).await,
+        Err(e) => with_cors(e.into_response()),
     }
-    let sdp = String::from_utf8_lossy(&body).into_owned();
-    let (audio, video, other) = media_sections(&sdp);
-    if audio > 1 || video > 1 || other > 0 || audio + video == 0 {
-        return with_cors(
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unsupported_offer",
-                "a WHIP offer carries at most one audio and one video track",
-            )
-            .into_response(),
-        );
-    }
-    open_session(state, Kind::Whip, room, claims, sdp, None).await
 }
 
 #[derive(Deserialize)]
@@ -239,30 +231,12 @@ async fn whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match admit(&state, &headers, &room, &body) {
-        Ok(c) => c,
-        Err(e) => return with_cors(e.into_response()),
-    };
-    if !claims.can_subscribe {
-        return with_cors(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this token may not subscribe",
-            )
-            .into_response(),
-        );
+    match admit(&state, Kind::Whep, &headers, &room, &body) {
+        Ok((claims, sdp)) => {
+            open_session(state, Kind::Whep, room, claims, sdp, query.participant).await
+        }
+        Err(e) => with_cors(e.into_response()),
     }
-    let sdp = String::from_utf8_lossy(&body).into_owned();
-    open_session(
-        state,
-        Kind::Whep,
-        room,
-        claims,
-        sdp,
-        Some(query.participant),
-    )
-    .await
 }
 
 /// Joins the room as a publish-only (WHIP) or subscribe-only (WHEP) participant and answers
@@ -273,7 +247,7 @@ async fn open_session(
     room: String,
     claims: Claims,
     sdp: String,
-    pin: Option<Option<String>>,
+    pin: Option<String>,
 ) -> Response {
     let media = state.worker_for(&room).clone();
     let (events_tx, events) = mpsc::channel(PARTICIPANT_QUEUE);
@@ -315,7 +289,6 @@ async fn open_session(
         }
         Kind::Whep => {
             let pid = participant_id.clone();
-            let pin = pin.flatten();
             media
                 .request(|reply| Command::Watch {
                     participant_id: pid,
@@ -602,6 +575,15 @@ mod tests {
         assert_eq!(c[0].sdp_mid.as_deref(), Some("0"));
         assert_eq!(c[0].username_fragment.as_deref(), Some("EsAw"));
         assert!(trickle_candidates("garbage").is_empty());
+    }
+
+    #[test]
+    fn overload_is_503_with_retry_after() {
+        let r = media_error(MediaError::Busy);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), RETRY_AFTER_SECS);
+        assert_eq!(r.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(), "*");
+        assert_eq!(media_error(MediaError::BadSdp("x".into())).status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
