@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::model::{CallState, ParticipantStatus, Quality, RingOutcome};
+use super::model::{CallError, CallState, ParticipantStatus, Quality, RingOutcome, Role};
 use super::{blocking, now_ms};
+use crate::auth::Claims;
 use crate::bridge::{Command, LeaveReason, MediaEvent};
 use crate::http::{ApiError, AppState};
 use crate::signal::protocol::ServerMessage;
@@ -195,6 +196,45 @@ pub async fn session_started(state: AppState, user: String) {
             Ok(_) => {}
             Err(e) => warn!(user, error = e.message, "cannot ring a late session"),
         }
+    }
+}
+
+/// May `claims` enter `room`? `Ok(Some(max participants))` for a call's room, `Ok(None)` for a
+/// room that belongs to no call (the token alone decides). A call's room admits its creator,
+/// its invitees who have not rejected or missed it, and admins, while the call is open.
+pub async fn admit(
+    state: &AppState,
+    room: &str,
+    claims: &Claims,
+) -> Result<Option<usize>, ApiError> {
+    let store = state.store.clone();
+    let key = room.to_owned();
+    let Some(call) = blocking(move || {
+        let Some(id) = store.call_for_room(&key)? else {
+            return Ok(None);
+        };
+        Ok(store.get(&id)?)
+    })
+    .await?
+    else {
+        return Ok(None);
+    };
+    if call.call.status.is_over() {
+        return Err(CallError::CallOver(call.call.status).into());
+    }
+    if claims.admin {
+        return Ok(Some(call.call.max_participants));
+    }
+    let member = call
+        .participant(&claims.sub)
+        .filter(|p| p.role != Role::Guest);
+    match member.map(|p| p.status) {
+        None => {
+            Err(CallError::Forbidden("only the creator and the invitees can join this call").into())
+        }
+        Some(ParticipantStatus::Rejected) => Err(CallError::AlreadyRejected.into()),
+        Some(ParticipantStatus::Missed) => Err(CallError::AlreadyMissed.into()),
+        Some(_) => Ok(Some(call.call.max_participants)),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
 use super::protocol::{ClientMessage, ServerMessage};
-use crate::api::live::{NOTIFY_QUEUE, SessionGuard, session_started};
+use crate::api::live::{NOTIFY_QUEUE, SessionGuard, admit, session_started};
 use crate::auth::{AuthError, Claims};
 use crate::bridge::{
     Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE,
@@ -217,6 +217,12 @@ async fn handle(
         if !c.grants_room(room) {
             return Step::Reply(error("forbidden", "this token does not grant that room"));
         }
+        // A call's room admits its creator and invitees (and admins), up to the call's size.
+        let max_participants = match admit(state, room, c).await {
+            Ok(Some(max)) => max.min(state.config.max_participants),
+            Ok(None) => state.config.max_participants,
+            Err(e) => return Step::Reply(error(e.code, &e.message)),
+        };
         let media = state.worker_for(room).clone();
         let (events_tx, events) = mpsc::channel(PARTICIPANT_QUEUE);
         let request = JoinRequest {
@@ -229,7 +235,7 @@ async fn handle(
             },
             can_publish: c.can_publish,
             can_subscribe: c.can_subscribe,
-            max_participants: state.config.max_participants,
+            max_participants,
         };
         return match media
             .request(|reply| Command::Join {
