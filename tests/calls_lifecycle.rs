@@ -101,6 +101,25 @@ async fn a_call_rings_is_answered_carries_media_and_ends_with_its_record() {
     );
     assert_eq!(bob_record["media_changes"][0]["source"], "api");
 
+    // alice turns her camera off in the room: the media plane reports it
+    alice
+        .signal
+        .lock()
+        .await
+        .send(json!({"type": "media_state", "audio": true, "video": false, "screen": false}));
+    let call = wait_call(
+        &server,
+        &id,
+        "bob",
+        "alice's camera off",
+        Duration::from_secs(5),
+        |c| participant(c, "alice")["media"]["video"] == false,
+    )
+    .await;
+    let change = &participant(&call, "alice")["media_changes"][0];
+    assert_eq!(change["source"], "media");
+    assert_eq!(change["video"], false);
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     bob.leave().await;
     let call = wait_call(
