@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard::api::Calls;
-use switchboard::api::live::consume_media_events;
+use switchboard::api::live::{consume_media_events, shut_down as shut_down_calls};
 use switchboard::auth::{Auth, generate_secret};
 use switchboard::config::{Config, LoadError, LogFormat};
 use switchboard::http::{AppState, app};
@@ -170,6 +170,7 @@ fn run(config: Config) -> Result<(), String> {
         tokio::spawn(consume_media_events(state.clone(), events_rx));
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let calls_state = state.clone();
         tokio::spawn(async move {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
@@ -179,10 +180,15 @@ fn run(config: Config) -> Result<(), String> {
                 grace_secs = grace.as_secs(),
                 "{name} received: no new connections; shutting down"
             );
+            // Open calls end as `ended` (`server_shutdown`); their members hear `call_ended`.
+            match shut_down_calls(&calls_state).await {
+                Ok(0) => {}
+                Ok(n) => info!(calls = n, "open calls ended for the shutdown"),
+                Err(e) => warn!(error = e.message, "cannot close the open calls"),
+            }
             // TODO(issue 6): tell every signaling session `server_shutdown` (LeaveReason::
-            // ServerShutdown through the media workers) and close active call records as
-            // ended, once signal::session and the store expose hooks for it. Until then open
-            // WebSocket sessions are cut when the process exits.
+            // ServerShutdown through the media workers), once signal::session exposes a hook
+            // for it. Until then open WebSocket sessions are cut when the process exits.
             let _ = stop_tx.send(true);
         });
         let mut stopping = stop_rx.clone();

@@ -241,6 +241,19 @@ impl CallStore {
 
     /// Closes every call still open as `failed` (`server_restart`); the number closed.
     pub fn close_interrupted(&self, now: u64) -> Result<usize, StoreError> {
+        Ok(self.close_open(|c| c.interrupted(now))?.len())
+    }
+
+    /// Closes every call still open as `ended` (`server_shutdown`), for a graceful shutdown;
+    /// the calls closed.
+    pub fn close_for_shutdown(&self, now: u64) -> Result<Vec<CallState>, StoreError> {
+        self.close_open(|c| c.shut_down(now))
+    }
+
+    fn close_open(
+        &self,
+        close: impl Fn(&mut CallState) -> Result<(), crate::api::model::CallError>,
+    ) -> Result<Vec<CallState>, StoreError> {
         let mut open = Vec::new();
         for item in self.calls.iter() {
             let (_, value) = item?;
@@ -249,14 +262,19 @@ impl CallStore {
                 open.push(call.id);
             }
         }
+        let mut closed = Vec::new();
         for id in &open {
-            self.update(id, |state| {
-                state
-                    .interrupted(now)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            let call = self.update(id, |state| {
+                // A call closed since the scan above is left as it is.
+                if state.call.status.is_over() {
+                    return Ok(None);
+                }
+                close(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok::<_, StoreError>(Some(state.clone()))
             })?;
+            closed.extend(call.flatten());
         }
-        Ok(open.len())
+        Ok(closed)
     }
 }
 
@@ -374,6 +392,20 @@ mod tests {
                 .total,
             4
         );
+
+        // A graceful shutdown ends what is open.
+        store
+            .create(&new_call("c9", "ann", &["bob"], 3_000))
+            .unwrap();
+        let closed = store.close_for_shutdown(4_000).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            closed[0].call.end_reason.as_deref(),
+            Some("server_shutdown")
+        );
+        let c9 = store.get("c9").unwrap().unwrap();
+        assert_eq!(c9.call.status, CallStatus::Ended);
+        assert!(store.close_for_shutdown(5_000).unwrap().is_empty());
     }
 
     #[test]

@@ -292,6 +292,18 @@ pub fn ended(state: &AppState, call: &CallState, stays: Vec<String>) {
     }
 }
 
+/// For a graceful shutdown: ends every open call (`ended`, `server_shutdown`), writes it, and
+/// tells the members still connected. Returns how many calls it closed.
+pub async fn shut_down(state: &AppState) -> Result<usize, ApiError> {
+    let store = state.store.clone();
+    let now = now_ms();
+    let closed = blocking(move || Ok(store.close_for_shutdown(now)?)).await?;
+    for call in &closed {
+        ended(state, call, Vec::new());
+    }
+    Ok(closed.len())
+}
+
 /// What a media event did to its call.
 enum Applied {
     Nothing,

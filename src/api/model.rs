@@ -355,7 +355,8 @@ pub struct CallRecord {
     /// From `started_at` (first join) to `ended_at`; 0 for a call nobody joined.
     pub duration_ms: Option<u64>,
     /// `hangup` (ended by a party), `all_left`, `room_closed`, `no_answer`, `rejected`,
-    /// `cancelled` (ended before anyone joined), `join_timeout`, `server_restart`.
+    /// `cancelled` (ended before anyone joined), `join_timeout`, `server_restart`,
+    /// `server_shutdown`.
     pub end_reason: Option<String>,
     pub ended_by: Option<String>,
 }
@@ -730,6 +731,11 @@ impl CallState {
         self.finish(CallStatus::Failed, "server_restart", None, now)
     }
 
+    /// The server is shutting down in good order with this call open.
+    pub fn shut_down(&mut self, now: u64) -> Result<(), CallError> {
+        self.finish(CallStatus::Ended, "server_shutdown", None, now)
+    }
+
     /// Moves the call to a final status and closes every participant's open records.
     fn finish(
         &mut self,
@@ -747,10 +753,9 @@ impl CallState {
         );
         self.call.end_reason = Some(reason.to_owned());
         self.call.ended_by = by.map(str::to_owned);
-        let leave_reason = if reason == "server_restart" {
-            "server_restart"
-        } else {
-            "call_ended"
+        let leave_reason = match reason {
+            "server_restart" | "server_shutdown" => reason,
+            _ => "call_ended",
         };
         for p in self.participants.iter_mut() {
             while let Some(stay) = p.open_join() {
@@ -981,6 +986,20 @@ mod tests {
         assert_eq!(
             c.set_media("eve", off, "api", 1_200),
             Err(CallError::NotParticipant)
+        );
+        let mut stopped = c.clone();
+        stopped.shut_down(9_000).unwrap();
+        assert_eq!(stopped.call.status, CallStatus::Ended);
+        assert_eq!(stopped.call.end_reason.as_deref(), Some("server_shutdown"));
+        assert_eq!(
+            stopped.participant("root").unwrap().joins[0]
+                .leave_reason
+                .as_deref(),
+            Some("server_shutdown")
+        );
+        assert_eq!(
+            stopped.participant("bob").unwrap().status,
+            ParticipantStatus::Missed
         );
         c.interrupted(9_100).unwrap();
         assert_eq!(c.call.status, CallStatus::Failed);
