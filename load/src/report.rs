@@ -39,6 +39,10 @@ pub struct Report {
     pub first_frame_max_ms: Option<f64>,
     pub join_p50_ms: Option<f64>,
     pub baseline: Option<Baseline>,
+    /// CPU of this load tool (its clients), share of one core.
+    pub load_tool_cpu_util: Option<f64>,
+    /// Datagrams the kernel dropped for full receive buffers (any socket) while measuring.
+    pub udp_rcvbuf_errors: Option<u64>,
     pub load_before: String,
     pub load_after: String,
 }
@@ -91,6 +95,12 @@ impl Report {
             ..Default::default()
         };
 
+        if let (Some(a), Some(b)) = (after.own_cpu_secs, before.own_cpu_secs) {
+            r.load_tool_cpu_util = Some((a - b) / secs);
+        }
+        if let (Some(a), Some(b)) = (after.udp_rcvbuf_errors, before.udp_rcvbuf_errors) {
+            r.udp_rcvbuf_errors = Some(a.saturating_sub(b));
+        }
         let tracks = shared.tracks.lock().unwrap_or_else(|e| e.into_inner());
         let publish_started = shared
             .publish_started
@@ -200,6 +210,8 @@ impl Report {
                 "average_bytes": b.average_bytes,
             })),
             "ratio_to_baseline": self.ratio(),
+            "load_tool_cpu_util": self.load_tool_cpu_util,
+            "udp_rcvbuf_errors": self.udp_rcvbuf_errors,
             "loadavg_before": self.load_before,
             "loadavg_after": self.load_after,
         })
@@ -294,6 +306,15 @@ impl Report {
             ),
         );
         row("signaling join p50 (ms)", f(self.join_p50_ms, 0));
+        row(
+            "load tool CPU (share of one core)",
+            f(self.load_tool_cpu_util, 3),
+        );
+        row(
+            "UDP receive-buffer drops, whole machine",
+            self.udp_rcvbuf_errors
+                .map_or("n/a".into(), |v| v.to_string()),
+        );
         row(
             "load average before / after",
             format!("{} / {}", self.load_before, self.load_after),

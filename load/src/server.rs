@@ -25,6 +25,10 @@ pub struct ServerSample {
     pub cpu_secs: Option<f64>,
     pub rss_kib: Option<u64>,
     pub metrics: HashMap<String, f64>,
+    /// utime + stime of this load tool, seconds.
+    pub own_cpu_secs: Option<f64>,
+    /// Datagrams the kernel dropped for a full receive buffer, machine-wide (`/proc/net/snmp`).
+    pub udp_rcvbuf_errors: Option<u64>,
 }
 
 impl ServerSample {
@@ -105,6 +109,8 @@ impl Server {
             cpu_secs,
             rss_kib,
             metrics,
+            own_cpu_secs: proc_cpu_secs(std::process::id()),
+            udp_rcvbuf_errors: udp_rcvbuf_errors(),
         })
     }
 
@@ -203,6 +209,15 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `Udp: … RcvbufErrors …` of `/proc/net/snmp`.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// Unlabelled samples of the Prometheus text format, by name.
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
     text.lines()
@@ -280,5 +295,6 @@ mod tests {
         let pid = std::process::id();
         assert!(proc_cpu_secs(pid).is_some());
         assert!(proc_rss_kib(pid).unwrap() > 0);
+        assert!(udp_rcvbuf_errors().is_some());
     }
 }
