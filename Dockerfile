@@ -20,8 +20,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- run -----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
-RUN groupadd --system --gid 10001 switchboard \
-    && useradd --system --uid 10001 --gid switchboard --home-dir /data --no-create-home \
+RUN groupadd --gid 10001 switchboard \
+    && useradd --uid 10001 --gid switchboard --home-dir /data --no-create-home \
        --shell /usr/sbin/nologin switchboard \
     && mkdir /data \
     && chown switchboard:switchboard /data
