@@ -169,36 +169,43 @@ fn run(config: Config) -> Result<(), String> {
         // The call records follow the rooms.
         tokio::spawn(consume_media_events(state.clone(), events_rx));
 
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // `signalled` holds the moment the grace period ends, from the signal on; `stop` closes
+        // the listener once the open calls are ended.
+        let (signalled_tx, mut signalled) = tokio::sync::watch::channel(None);
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
         let calls_state = state.clone();
         tokio::spawn(async move {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
+            let deadline = tokio::time::Instant::now() + grace;
+            let _ = signalled_tx.send(Some(deadline));
             info!(
                 grace_secs = grace.as_secs(),
                 "{name} received: no new connections; shutting down"
             );
             // Open calls end as `ended` (`server_shutdown`); their members hear `call_ended`.
-            match shut_down_calls(&calls_state).await {
-                Ok(0) => {}
-                Ok(n) => info!(calls = n, "open calls ended for the shutdown"),
-                Err(e) => warn!(error = e.message, "cannot close the open calls"),
+            match tokio::time::timeout_at(deadline, shut_down_calls(&calls_state)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(calls = n, "open calls ended for the shutdown"),
+                Ok(Err(e)) => warn!(error = e.message, "cannot close the open calls"),
+                Err(_) => warn!("the open calls were not all ended within the grace period"),
             }
             // TODO(issue 6): tell every signaling session `server_shutdown` (LeaveReason::
             // ServerShutdown through the media workers), once signal::session exposes a hook
             // for it. Until then open WebSocket sessions are cut when the process exits.
             let _ = stop_tx.send(true);
         });
-        let mut stopping = stop_rx.clone();
         let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
+            let _ = stop.wait_for(|stop| *stop).await;
         });
-        let mut stopping = stop_rx;
         let deadline = async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-            tokio::time::sleep(grace).await;
+            let at = signalled.wait_for(Option::is_some).await.ok().and_then(|at| *at);
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         };
         // Requests in flight get up to the grace period; upgraded WebSocket sessions are not
         // waited for (nothing asks them to end yet, see the TODO above).
