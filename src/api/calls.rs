@@ -412,3 +412,140 @@ pub async fn list(
 pub async fn ice_servers(State(state): State<AppState>, Caller(claims): Caller) -> Json<Value> {
     Json(json!({ "ice_servers": state.ice_servers(&claims.sub) }))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The handlers through the router, without a server (no media worker runs: nothing here
+    //! needs one).
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use clap::Parser;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::auth::{Auth, Claims, unix_now};
+    use crate::config::Config;
+    use crate::http::{AppState, app};
+    use crate::store::CallStore;
+
+    const SECRET: &[u8] = b"unit-test-secret-0123456789";
+
+    fn token(user: &str) -> String {
+        Auth::new(SECRET, false).mint(&Claims {
+            sub: user.into(),
+            name: user.into(),
+            exp: unix_now() + 60,
+            room: None,
+            can_publish: true,
+            can_subscribe: true,
+            admin: false,
+        })
+    }
+
+    async fn call(
+        state: &AppState,
+        method: &str,
+        uri: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(user) = user {
+            request = request.header("authorization", format!("Bearer {}", token(user)));
+        }
+        let request = request
+            .header("content-type", "application/json")
+            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+            .unwrap();
+        let response = app(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn create_answer_end_through_the_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, _inbox) = crate::bridge::channel().unwrap();
+        let config = Config::try_parse_from(["switchboard", "--call-rate-limit", "2"]).unwrap();
+        let state = AppState {
+            config: Arc::new(config),
+            auth: Auth::new(SECRET, false),
+            workers: Arc::new(vec![handle]),
+            store: CallStore::open(dir.path()).unwrap(),
+            metrics: Default::default(),
+            calls: super::super::Calls::new(2),
+            whip: Default::default(),
+        };
+        let body = json!({"type": "one-to-one", "media": "audio", "invitees": ["bob"]});
+        let (status, created) = call(&state, "POST", "/api/calls", None, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(created["error"]["code"], "unauthorized");
+
+        let (status, created) = call(
+            &state,
+            "POST",
+            "/api/calls",
+            Some("ann"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["call"]["id"].as_str().unwrap();
+        let minted = Auth::new(SECRET, false)
+            .verify(created["token"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(minted.sub, "ann");
+        assert_eq!(minted.room.as_deref(), created["call"]["room"].as_str());
+
+        let (status, answered) = call(
+            &state,
+            "POST",
+            &format!("/api/calls/{id}/answer"),
+            Some("bob"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answered}");
+        let (status, ended) = call(
+            &state,
+            "POST",
+            &format!("/api/calls/{id}/end"),
+            Some("ann"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{ended}");
+        assert_eq!(ended["call"]["end_reason"], "cancelled");
+        let (status, again) = call(
+            &state,
+            "POST",
+            &format!("/api/calls/{id}/end"),
+            Some("ann"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(again["error"]["code"], "call_over");
+
+        let (status, _) = call(
+            &state,
+            "POST",
+            "/api/calls",
+            Some("ann"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, limited) = call(&state, "POST", "/api/calls", Some("ann"), Some(body)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited["error"]["code"], "rate_limited");
+    }
+}
