@@ -185,6 +185,13 @@ fn run(config: Config) -> Result<(), String> {
                 grace_secs = grace.as_secs(),
                 "{name} received: no new connections; shutting down"
             );
+            // Every participant hears `server_shutdown` and leaves (reason `server_shutdown`);
+            // the media workers refuse joins from here on.
+            for worker in calls_state.workers.iter() {
+                if tokio::time::timeout_at(deadline, worker.shutdown()).await.is_err() {
+                    warn!("a media worker did not empty its rooms within the grace period");
+                }
+            }
             // Open calls end as `ended` (`server_shutdown`); their members hear `call_ended`.
             match tokio::time::timeout_at(deadline, shut_down_calls(&calls_state)).await {
                 Ok(Ok(0)) => {}
@@ -192,9 +199,6 @@ fn run(config: Config) -> Result<(), String> {
                 Ok(Err(e)) => warn!(error = e.message, "cannot close the open calls"),
                 Err(_) => warn!("the open calls were not all ended within the grace period"),
             }
-            // TODO(issue 6): tell every signaling session `server_shutdown` (LeaveReason::
-            // ServerShutdown through the media workers), once signal::session exposes a hook
-            // for it. Until then open WebSocket sessions are cut when the process exits.
             let _ = stop_tx.send(true);
         });
         let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
@@ -207,8 +211,8 @@ fn run(config: Config) -> Result<(), String> {
                 None => std::future::pending().await,
             }
         };
-        // Requests in flight get up to the grace period; upgraded WebSocket sessions are not
-        // waited for (nothing asks them to end yet, see the TODO above).
+        // Requests in flight get up to the grace period; WebSocket sessions close themselves
+        // after passing on `server_shutdown`.
         tokio::select! {
             served = server => served.map_err(|e| format!("http server failed: {e}"))?,
             () = deadline => warn!("shutdown grace elapsed with requests still in flight"),

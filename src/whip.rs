@@ -581,9 +581,20 @@ mod tests {
     fn overload_is_503_with_retry_after() {
         let r = media_error(MediaError::Busy);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), RETRY_AFTER_SECS);
-        assert_eq!(r.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(), "*");
-        assert_eq!(media_error(MediaError::BadSdp("x".into())).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER).unwrap(),
+            RETRY_AFTER_SECS
+        );
+        assert_eq!(
+            r.headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .unwrap(),
+            "*"
+        );
+        assert_eq!(
+            media_error(MediaError::BadSdp("x".into())).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

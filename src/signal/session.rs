@@ -121,7 +121,8 @@ where
                     }
                 }
                 Some(msg) = notice => {
-                    if send(&mut output, msg).await.is_err() { break }
+                    let shutdown = matches!(msg, ServerMessage::ServerShutdown);
+                    if send(&mut output, msg).await.is_err() || shutdown { break }
                 }
                 Some(msg) = event => {
                     if let (ServerMessage::ParticipantLeft { participant_id, .. }, Some(j)) = (&msg, &joined)
@@ -129,7 +130,8 @@ where
                     {
                         joined = None; // the media plane removed us (connection lost)
                     }
-                    if send(&mut output, msg).await.is_err() { break }
+                    let shutdown = matches!(msg, ServerMessage::ServerShutdown);
+                    if send(&mut output, msg).await.is_err() || shutdown { break }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > PING_INTERVAL * 3 || output.send(Frame::Ping).await.is_err() {
