@@ -6,7 +6,10 @@
 #      configuration below, writing one JSON report per run to $OUT.
 # Usage: scripts/bench.sh [--quick] [--no-criterion]
 # Env: OUT (default target/bench-results), DURATION (seconds per run, default 20),
-#      CONFIGS ("ROOMSxPARTICIPANTS ...", default "1x2 1x4 1x20 5x4 10x2").
+#      CONFIGS ("ROOMSxPARTICIPANTS ...", default "1x2 1x4 1x20 5x4 10x2"),
+#      LOAD_ARGS (extra switchboard-load flags, default "--no-nack": on a 2-core machine the
+#      load tool's receivers fall behind at 20 participants and their NACKs would make the
+#      server retransmit; see docs/performance.md).
 # Only loopback addresses are used. Numbers depend on what else runs: `uptime` is recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,7 @@ done
 OUT=${OUT:-target/bench-results}
 DURATION=${DURATION:-20}
 CONFIGS=${CONFIGS:-"1x2 1x4 1x20 5x4 10x2"}
+LOAD_ARGS=${LOAD_ARGS:---no-nack}
 if [ "$QUICK" = 1 ]; then
   DURATION=5
   CONFIGS="1x2 1x4"
@@ -51,10 +55,10 @@ fi
 for cfg in $CONFIGS; do
   rooms=${cfg%x*}
   participants=${cfg#*x}
-  echo "== ${rooms} room(s) × ${participants} participants, ${DURATION} s (uptime: $(uptime))" >&2
+  echo "== ${rooms} room(s) × ${participants} participants, ${DURATION} s, $LOAD_ARGS (uptime: $(uptime))" >&2
   target/release/switchboard-load \
     --spawn target/release/switchboard \
-    --rooms "$rooms" --participants "$participants" --duration "$DURATION" \
+    --rooms "$rooms" --participants "$participants" --duration "$DURATION" $LOAD_ARGS \
     --json-out "$OUT/load-${rooms}x${participants}.json" | tee "$OUT/load-${rooms}x${participants}.txt"
 done
 echo "results in $OUT" >&2
