@@ -24,8 +24,19 @@ fn any_room(user: &str, admin: bool) -> String {
 
 async fn join(server: &common::TestServer, token: &str, room: &str) -> (Signal, Value) {
     let mut signal = Signal::connect(&server.ws_url()).await;
-    let reply = signal.auth_and_join(token, room).await;
-    (signal, reply)
+    signal.send(json!({"type": "auth", "token": token}));
+    signal.expect("authenticated").await;
+    signal.send(json!({"type": "join", "room": room}));
+    // The answer to join; an invitee may get `call_incoming` first.
+    loop {
+        let reply = signal
+            .recv(std::time::Duration::from_secs(10))
+            .await
+            .expect("join answered");
+        if reply["type"] == "joined" || reply["type"] == "error" {
+            return (signal, reply);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
