@@ -163,39 +163,54 @@ pub fn announce(state: &AppState, call: &CallState) {
         &call.call.id,
         call.invitees().map(|p| p.user_id.clone()).collect(),
     );
+    // Someone who connected while the call was being stored is rung now.
+    for p in call.invitees() {
+        if p.status == ParticipantStatus::Invited && state.calls.is_online(&p.user_id) {
+            tokio::spawn(ring_late(
+                state.clone(),
+                call.call.id.clone(),
+                p.user_id.clone(),
+            ));
+        }
+    }
     tokio::spawn(ring_timer(state.clone(), call.call.id.clone()));
 }
 
 /// A `/ws` session of `user` authenticated: ring it for the calls that are ringing for it.
 pub async fn session_started(state: AppState, user: String) {
     for id in state.calls.ringing_for(&user) {
-        let store = state.store.clone();
-        let who = user.clone();
-        let now = now_ms();
-        let call = blocking(move || {
-            store.update(&id, |c| {
-                c.mark_ringing(&who, now);
-                Ok::<_, ApiError>(c.clone())
-            })
+        ring_late(state.clone(), id, user.clone()).await;
+    }
+}
+
+/// Rings `user` for call `id` if it still rings for them.
+async fn ring_late(state: AppState, id: String, user: String) {
+    let store = state.store.clone();
+    let who = user.clone();
+    let now = now_ms();
+    let call = blocking(move || {
+        store.update(&id, |c| {
+            c.mark_ringing(&who, now);
+            Ok::<_, ApiError>(c.clone())
         })
-        .await;
-        match call {
-            Ok(Some(call))
-                if !call.call.status.is_over()
-                    && call.participant(&user).is_some_and(|p| {
-                        p.status == ParticipantStatus::Ringing && p.answered_at.is_none()
-                    }) =>
-            {
-                state.calls.notify(
-                    &user,
-                    &ServerMessage::CallIncoming {
-                        call: Box::new(call),
-                    },
-                );
-            }
-            Ok(_) => {}
-            Err(e) => warn!(user, error = e.message, "cannot ring a late session"),
+    })
+    .await;
+    match call {
+        Ok(Some(call))
+            if !call.call.status.is_over()
+                && call.participant(&user).is_some_and(|p| {
+                    p.status == ParticipantStatus::Ringing && p.answered_at.is_none()
+                }) =>
+        {
+            state.calls.notify(
+                &user,
+                &ServerMessage::CallIncoming {
+                    call: Box::new(call),
+                },
+            );
         }
+        Ok(_) => {}
+        Err(e) => warn!(user, error = e.message, "cannot ring a late session"),
     }
 }
 
