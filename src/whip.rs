@@ -249,6 +249,12 @@ async fn open_session(
     sdp: String,
     pin: Option<String>,
 ) -> Response {
+    // A call's room admits its creator and invitees (and admins), up to the call's size.
+    let max_participants = match crate::api::live::admit(&state, &room, &claims).await {
+        Ok(Some(max)) => max.min(state.config.max_participants),
+        Ok(None) => state.config.max_participants,
+        Err(e) => return with_cors(e.into_response()),
+    };
     let media = state.worker_for(&room).clone();
     let (events_tx, events) = mpsc::channel(PARTICIPANT_QUEUE);
     let request = JoinRequest {
@@ -261,7 +267,7 @@ async fn open_session(
         },
         can_publish: kind == Kind::Whip,
         can_subscribe: false,
-        max_participants: state.config.max_participants,
+        max_participants,
     };
     let joined = match media
         .request(|reply| Command::Join {

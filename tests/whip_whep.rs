@@ -348,3 +348,49 @@ async fn whip_ice_restart_answers_a_fragment_with_a_new_etag() {
     let _ = next_event(&events, Duration::from_secs(20));
     let _ = publisher.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_into_a_calls_room_follows_the_call_rules() {
+    const SECRET: &str = "a-secret-for-the-whip-call-test";
+    let server = TestServer::start(&["--jwt-secret", SECRET]).await;
+    let mint = |sub: &str| {
+        switchboard::auth::Auth::new(SECRET.as_bytes(), false).mint(&switchboard::auth::Claims {
+            sub: sub.into(),
+            name: sub.into(),
+            exp: switchboard::auth::unix_now() + 600,
+            room: Some("*".into()),
+            can_publish: true,
+            can_subscribe: true,
+            admin: false,
+        })
+    };
+    let alice = mint("u-alice");
+    let (status, call) = common::http_request(
+        server.http,
+        "POST",
+        "/api/calls",
+        Some(&alice),
+        Some(serde_json::json!({"type": "one-to-one", "media": "video", "invitees": ["u-bob"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{call}");
+    let room = call["call"]["room"].as_str().unwrap().to_owned();
+
+    // A token for any room does not make a stranger a member of the call.
+    let mallory = format!("Bearer {}", mint("u-mallory"));
+    let offer =
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
+    let (status, _, body) = http_raw(
+        server.http,
+        "POST",
+        &format!("/whip/{room}"),
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &mallory),
+        ],
+        offer,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}
