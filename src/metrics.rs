@@ -66,6 +66,8 @@ impl Metrics {
             sum.rtp_forwarded += s.rtp_forwarded;
             sum.keyframe_requests_in += s.keyframe_requests_in;
             sum.keyframe_requests_out += s.keyframe_requests_out;
+            sum.nacks_in += s.nacks_in;
+            sum.turn_time.merge(&s.turn_time);
             for (total, n) in sum.drops.iter_mut().zip(s.drops) {
                 *total += n;
             }
@@ -95,7 +97,12 @@ impl Metrics {
             family(&mut out, name, "gauge", help);
             let _ = writeln!(out, "switchboard_{name} {value}");
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
+            (
+                "nacks_in_total",
+                "NACKs received from subscribers, answered from each leg's send buffer.",
+                sum.nacks_in,
+            ),
             (
                 "datagrams_in_total",
                 "UDP datagrams received on the media ports.",
@@ -141,6 +148,36 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "switchboard_{name} {value}");
         }
+        family(
+            &mut out,
+            "forwarding_turn_seconds",
+            "histogram",
+            "Time of media-loop turns that handled datagrams: read a batch, forward, send.",
+        );
+        let mut cumulative = 0;
+        for (i, bound) in crate::media::stats::TURN_BUCKETS_US.iter().enumerate() {
+            cumulative += sum.turn_time.buckets[i];
+            let _ = writeln!(
+                out,
+                "switchboard_forwarding_turn_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "switchboard_forwarding_turn_seconds_bucket{{le=\"+Inf\"}} {}",
+            sum.turn_time.count
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_forwarding_turn_seconds_sum {}",
+            sum.turn_time.sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_forwarding_turn_seconds_count {}",
+            sum.turn_time.count
+        );
         family(
             &mut out,
             "dropped_total",

@@ -19,6 +19,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
@@ -212,9 +213,10 @@ pub fn build(
     Ok(pc)
 }
 
-/// Marks inbound RTCP for delivery to the application (the SFU relays keyframe requests), and
-/// moves PLI/FIR to the front of a compound packet: `rtc` 0.21.1 routes a compound by its first
-/// packet's destination SSRC, and Chrome's first `[empty RR, PLI]` would otherwise be dropped.
+/// Marks inbound feedback for delivery to the application (the SFU relays keyframe requests and
+/// counts NACKs, which the NACK responder below has already answered), and moves it to the
+/// front of a compound packet: `rtc` 0.21.1 routes a compound by its first packet's destination
+/// SSRC, and Chrome's `[empty RR, PLI]` or `[empty RR, NACK]` would otherwise be dropped.
 #[derive(Default)]
 struct RtcpToApp {
     read_queue: VecDeque<TaggedPacket>,
@@ -223,6 +225,10 @@ struct RtcpToApp {
 
 fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
     p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+}
+
+fn is_feedback_for_app(p: &dyn rtc::rtcp::Packet) -> bool {
+    is_keyframe_request(p) || p.as_any().is::<TransportLayerNack>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
@@ -234,10 +240,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &mut msg.message.packet
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+            && packets.iter().any(|p| is_feedback_for_app(p.as_ref()))
         {
             // stable: keeps the relative order of everything else
-            packets.sort_by_key(|p| !is_keyframe_request(p.as_ref()));
+            packets.sort_by_key(|p| !is_feedback_for_app(p.as_ref()));
             msg.message.add(Attribute::DeliverToApplication);
         }
         self.read_queue.push_back(msg);

@@ -14,6 +14,7 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -149,6 +150,7 @@ impl Worker {
             return;
         }
         // Bounded, so timers and commands are never starved by a flood.
+        let mut datagrams = 0;
         for _ in 0..8 {
             let mut batch = Vec::new();
             let read = self
@@ -156,7 +158,8 @@ impl Worker {
                 .recv_batch(|from, bytes| batch.push((from, BytesMut::from(bytes))));
             match read {
                 Ok(0) => break,
-                Ok(_) => {
+                Ok(n) => {
+                    datagrams += n;
                     for (from, bytes) in batch {
                         self.handle_datagram(now, from, bytes);
                     }
@@ -170,6 +173,9 @@ impl Worker {
         self.handle_timers(now);
         self.reap();
         self.flush();
+        if datagrams > 0 {
+            self.stats.turn_time.observe(now.elapsed());
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -905,6 +911,10 @@ impl Worker {
                             p.as_any().is::<PictureLossIndication>()
                                 || p.as_any().is::<FullIntraRequest>()
                         });
+                        self.stats.nacks_in += packets
+                            .iter()
+                            .filter(|p| p.as_any().is::<TransportLayerNack>())
+                            .count() as u64;
                         let track = self
                             .participants
                             .get(&owner)

@@ -447,8 +447,12 @@ fn vp8() -> RTCRtpCodec {
     }
 }
 
+/// The remote tracks of a subscribe connection, by track id (to send RTCP about them).
+pub type RemoteTracks = Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>;
+
 struct Handler {
     received: ReceivedMap,
+    remote: RemoteTracks,
     offered: Arc<Mutex<HashMap<String, (String, String)>>>,
     connected: Arc<Notify>,
     state: Arc<Mutex<String>>,
@@ -464,6 +468,8 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let id = track.track_id().await;
+        self.remote.lock().unwrap().insert(id, track.clone());
         let received = self.received.clone();
         let offered = self.offered.clone();
         tokio::spawn(async move {
@@ -509,6 +515,7 @@ pub async fn recording_pc() -> (Arc<dyn PeerConnection>, ReceivedMap) {
     let received: ReceivedMap = Default::default();
     let handler = Arc::new(Handler {
         received: received.clone(),
+        remote: Default::default(),
         offered: Default::default(),
         connected: Arc::new(Notify::new()),
         state: Arc::new(Mutex::new(String::new())),
@@ -587,6 +594,8 @@ pub struct Participant {
     pub events: Arc<Mutex<Vec<Value>>>,
     pub publish: Option<Arc<dyn PeerConnection>>,
     pub subscribe_state: Arc<Mutex<String>>,
+    /// The tracks of the subscribe connection, to send RTCP feedback about them.
+    pub remote: RemoteTracks,
     stop: Arc<AtomicBool>,
 }
 
@@ -649,6 +658,7 @@ impl Participant {
         let publish_pc = if let Some(video_codec) = publish {
             let handler = Arc::new(Handler {
                 received: received.clone(),
+                remote: Default::default(),
                 offered: Default::default(),
                 connected: Arc::new(Notify::new()),
                 state: Arc::new(Mutex::new(String::new())),
@@ -710,6 +720,8 @@ impl Participant {
         };
 
         // Answer every subscribe offer; keep every other message.
+        let remote: RemoteTracks = Default::default();
+        let remote2 = remote.clone();
         let (sig, rec, ev, st, stop2) = (
             signal.clone(),
             received.clone(),
@@ -736,6 +748,7 @@ impl Participant {
                     if sub.is_none() {
                         let handler = Arc::new(Handler {
                             received: rec.clone(),
+                            remote: remote2.clone(),
                             offered: offered.clone(),
                             connected: Arc::new(Notify::new()),
                             state: stop2.clone(),
@@ -772,6 +785,7 @@ impl Participant {
             events,
             publish: publish_pc,
             subscribe_state,
+            remote,
             stop,
         }
     }
