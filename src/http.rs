@@ -200,7 +200,9 @@ async fn metrics_text(
         .into_iter()
         .filter_map(|a| a.ok().and_then(Result::ok))
         .collect();
-    let body = state.metrics.render(&stats, state.workers.len());
+    let body = state
+        .metrics
+        .render(&stats, state.workers.len(), &state.store.write_latency());
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 

@@ -13,7 +13,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::media::stats::{Drop, WorkerStats};
+use crate::media::stats::{Drop, LATENCY_BUCKETS_US, LatencyHistogram, WorkerStats};
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -52,7 +52,12 @@ impl Metrics {
 
     /// The whole exposition: the workers' stats summed, then the control plane's counters.
     /// `workers_up` is how many workers answered out of `workers_total`.
-    pub fn render(&self, stats: &[WorkerStats], workers_total: usize) -> String {
+    pub fn render(
+        &self,
+        stats: &[WorkerStats],
+        workers_total: usize,
+        store_writes: &LatencyHistogram,
+    ) -> String {
         let mut sum = WorkerStats::default();
         for s in stats {
             sum.rooms += s.rooms;
@@ -148,35 +153,17 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "switchboard_{name} {value}");
         }
-        family(
+        histogram(
             &mut out,
             "forwarding_turn_seconds",
-            "histogram",
             "Time of media-loop turns that handled datagrams: read a batch, forward, send.",
+            &sum.turn_time,
         );
-        let mut cumulative = 0;
-        for (i, bound) in crate::media::stats::TURN_BUCKETS_US.iter().enumerate() {
-            cumulative += sum.turn_time.buckets[i];
-            let _ = writeln!(
-                out,
-                "switchboard_forwarding_turn_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        let _ = writeln!(
-            out,
-            "switchboard_forwarding_turn_seconds_bucket{{le=\"+Inf\"}} {}",
-            sum.turn_time.count
-        );
-        let _ = writeln!(
-            out,
-            "switchboard_forwarding_turn_seconds_sum {}",
-            sum.turn_time.sum_ns as f64 / 1e9
-        );
-        let _ = writeln!(
-            out,
-            "switchboard_forwarding_turn_seconds_count {}",
-            sum.turn_time.count
+        histogram(
+            &mut out,
+            "store_write_seconds",
+            "Time of durable call-record writes (transaction and flush to disk).",
+            store_writes,
         );
         family(
             &mut out,
@@ -241,6 +228,23 @@ impl std::ops::Drop for WsGuard {
     }
 }
 
+/// A Prometheus histogram family from fixed buckets (exported cumulatively, in seconds).
+fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
+    family(out, name, "histogram", help);
+    let mut cumulative = 0;
+    for (bound, n) in LATENCY_BUCKETS_US.iter().zip(h.buckets) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "switchboard_{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(out, "switchboard_{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "switchboard_{name}_sum {}", h.sum_ns as f64 / 1e9);
+    let _ = writeln!(out, "switchboard_{name}_count {}", h.count);
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP switchboard_{name} {help}");
     let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
@@ -301,7 +305,7 @@ mod tests {
         };
         b.drop(Drop::NoSubscribers);
         b.drop(Drop::UnknownSource);
-        let text = Metrics::default().render(&[a, b], 3);
+        let text = Metrics::default().render(&[a, b], 3, &LatencyHistogram::default());
         assert_eq!(value_of(&text, "switchboard_rooms").as_deref(), Some("3"));
         assert_eq!(
             value_of(&text, "switchboard_participants").as_deref(),
@@ -343,7 +347,8 @@ mod tests {
 
     #[test]
     fn every_drop_reason_is_exported_even_at_zero() {
-        let text = Metrics::default().render(&[WorkerStats::default()], 1);
+        let text =
+            Metrics::default().render(&[WorkerStats::default()], 1, &LatencyHistogram::default());
         for reason in Drop::ALL {
             let series = format!(
                 "switchboard_dropped_total{{reason=\"{}\"}}",
@@ -360,7 +365,7 @@ mod tests {
         m.record_request("/healthz", "GET", 200);
         m.record_request("a\"b", "GET", 404);
         let _guard = m.ws_opened();
-        let text = m.render(&[WorkerStats::default()], 1);
+        let text = m.render(&[WorkerStats::default()], 1, &LatencyHistogram::default());
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').expect(line);
             assert!(series.starts_with("switchboard_"), "{line}");

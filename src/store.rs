@@ -15,6 +15,7 @@
 //! On open, calls the server left open (initiated, ringing, active) are closed as `failed`
 //! with reason `server_restart`.
 
+use crate::media::stats::LatencyHistogram;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +51,8 @@ pub struct CallStore {
     rooms: sled::Tree,
     /// Serialises read-modify-write cycles.
     write: Arc<Mutex<()>>,
+    /// How long durable writes (transaction + flush) took.
+    write_latency: Arc<Mutex<LatencyHistogram>>,
 }
 
 /// One page of a user's history.
@@ -102,6 +105,7 @@ impl CallStore {
             rooms: db.open_tree("rooms")?,
             db,
             write: Arc::new(Mutex::new(())),
+            write_latency: Arc::default(),
         };
         let closed = store.close_interrupted(crate::api::now_ms())?;
         if closed > 0 {
@@ -119,6 +123,23 @@ impl CallStore {
         Ok(())
     }
 
+    /// The durations of durable writes so far (for `/metrics`).
+    pub fn write_latency(&self) -> LatencyHistogram {
+        *self.write_latency.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `state` and flushes it to disk, timing both.
+    fn write_durably(&self, state: &CallState, new: bool) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.write_state(state, new)?;
+        self.flush()?;
+        self.write_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(started.elapsed());
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
         self.write.lock().unwrap_or_else(|e| e.into_inner())
@@ -127,8 +148,7 @@ impl CallStore {
     /// Stores a new call. The id and room are fresh random names, so nothing is overwritten.
     pub fn create(&self, state: &CallState) -> Result<(), StoreError> {
         let _guard = self.lock();
-        self.write_state(state, true)?;
-        self.flush()
+        self.write_durably(state, true)
     }
 
     /// One call with its participants.
@@ -172,8 +192,7 @@ impl CallStore {
         let before = state.clone();
         let result = decide(&mut state)?;
         if state != before {
-            self.write_state(&state, false)?;
-            self.flush()?;
+            self.write_durably(&state, false)?;
         }
         Ok(Some(result))
     }

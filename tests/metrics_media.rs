@@ -92,3 +92,41 @@ async fn turn_histogram_and_nack_counter_move() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_write_latency_is_exported() {
+    const SECRET: &str = "a-secret-for-the-metrics-test";
+    let server = TestServer::start(&["--jwt-secret", SECRET]).await;
+    let before = scrape(&server).await;
+    assert_eq!(value(&before, "switchboard_store_write_seconds_count"), 0.0);
+    let token =
+        switchboard::auth::Auth::new(SECRET.as_bytes(), false).mint(&switchboard::auth::Claims {
+            sub: "u-alice".into(),
+            name: "Alice".into(),
+            exp: switchboard::auth::unix_now() + 600,
+            room: None,
+            can_publish: true,
+            can_subscribe: true,
+            admin: false,
+        });
+    let (status, body) = http_request(
+        server.http,
+        "POST",
+        "/api/calls",
+        Some(&token),
+        Some(serde_json::json!({"type": "group", "media": "audio", "invitees": ["u-bob", "u-cy"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let after = scrape(&server).await;
+    assert!(value(&after, "switchboard_store_write_seconds_count") >= 1.0);
+    assert!(value(&after, "switchboard_store_write_seconds_sum") > 0.0);
+    assert_eq!(
+        value(
+            &after,
+            "switchboard_store_write_seconds_bucket{le=\"+Inf\"}"
+        ),
+        value(&after, "switchboard_store_write_seconds_count")
+    );
+}

@@ -47,31 +47,31 @@ impl Drop {
     }
 }
 
-/// Upper bounds of the loop-turn histogram buckets, in microseconds.
-pub const TURN_BUCKETS_US: [u64; 9] = [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+/// Upper bounds of latency histogram buckets, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 9] = [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
 
-/// A fixed-bucket histogram of loop-turn durations (Prometheus style: cumulative on export).
+/// A fixed-bucket latency histogram (loop turns, store writes); cumulative on export.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TurnHistogram {
+pub struct LatencyHistogram {
     /// Turns per bucket (not cumulative); the last slot is everything above the last bound.
-    pub buckets: [u64; TURN_BUCKETS_US.len() + 1],
+    pub buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
     pub count: u64,
     pub sum_ns: u64,
 }
 
-impl TurnHistogram {
+impl LatencyHistogram {
     pub fn observe(&mut self, took: std::time::Duration) {
         let us = took.as_micros() as u64;
-        let i = TURN_BUCKETS_US
+        let i = LATENCY_BUCKETS_US
             .iter()
             .position(|&b| us <= b)
-            .unwrap_or(TURN_BUCKETS_US.len());
+            .unwrap_or(LATENCY_BUCKETS_US.len());
         self.buckets[i] += 1;
         self.count += 1;
         self.sum_ns += took.as_nanos() as u64;
     }
 
-    pub fn merge(&mut self, other: &TurnHistogram) {
+    pub fn merge(&mut self, other: &LatencyHistogram) {
         for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
             *a += b;
         }
@@ -99,7 +99,7 @@ pub struct WorkerStats {
     /// NACKs received from subscribers (answered by each leg's NACK responder).
     pub nacks_in: u64,
     /// Time of loop turns that handled datagrams (read, forward, send).
-    pub turn_time: TurnHistogram,
+    pub turn_time: LatencyHistogram,
     pub drops: [u64; Drop::ALL.len()],
 }
 
@@ -120,14 +120,14 @@ mod tests {
 
     #[test]
     fn turn_histogram_buckets() {
-        let mut h = TurnHistogram::default();
+        let mut h = LatencyHistogram::default();
         h.observe(Duration::from_micros(10));
         h.observe(Duration::from_micros(25));
         h.observe(Duration::from_micros(26));
         h.observe(Duration::from_millis(50));
         assert_eq!(h.buckets[0], 2);
         assert_eq!(h.buckets[1], 1);
-        assert_eq!(h.buckets[TURN_BUCKETS_US.len()], 1);
+        assert_eq!(h.buckets[LATENCY_BUCKETS_US.len()], 1);
         assert_eq!(h.count, 4);
         assert_eq!(h.sum_ns, 50_061_000);
     }
