@@ -125,6 +125,18 @@ async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Respons
         })
 }
 
+/// Asks every media worker for its stats, each within `PROBE_TIMEOUT`.
+async fn probe_workers(
+    state: &AppState,
+) -> Vec<Result<Result<crate::media::stats::WorkerStats, MediaError>, tokio::time::error::Elapsed>>
+{
+    let probes = state
+        .workers
+        .iter()
+        .map(|w| tokio::time::timeout(PROBE_TIMEOUT, w.stats()));
+    futures_util::future::join_all(probes).await
+}
+
 /// Readiness: every media worker answers a `Stats` command and the call store flushes, each
 /// within `PROBE_TIMEOUT`. 503 with the usual error body otherwise.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -132,13 +144,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         tracing::warn!(%message, "not ready");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
     };
-    let answers = futures_util::future::join_all(
-        state
-            .workers
-            .iter()
-            .map(|w| tokio::time::timeout(PROBE_TIMEOUT, w.stats())),
-    )
-    .await;
+    let answers = probe_workers(&state).await;
     for (i, answer) in answers.into_iter().enumerate() {
         match answer {
             Ok(Ok(_)) => {}
@@ -189,13 +195,7 @@ async fn metrics_text(
             ));
         }
     }
-    let answers = futures_util::future::join_all(
-        state
-            .workers
-            .iter()
-            .map(|w| tokio::time::timeout(PROBE_TIMEOUT, w.stats())),
-    )
-    .await;
+    let answers = probe_workers(&state).await;
     let stats: Vec<_> = answers
         .into_iter()
         .filter_map(|a| a.ok().and_then(Result::ok))

@@ -458,6 +458,19 @@ struct Handler {
     state: Arc<Mutex<String>>,
 }
 
+impl Handler {
+    /// A handler that records what arrives, for a connection not driven by `Participant`.
+    fn recording(received: ReceivedMap) -> Self {
+        Self {
+            received,
+            remote: Default::default(),
+            offered: Default::default(),
+            connected: Arc::new(Notify::new()),
+            state: Arc::new(Mutex::new(String::new())),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -513,13 +526,7 @@ impl PeerConnectionEventHandler for Handler {
 /// A peer connection that only records what it receives (for tests driving signaling by hand).
 pub async fn recording_pc() -> (Arc<dyn PeerConnection>, ReceivedMap) {
     let received: ReceivedMap = Default::default();
-    let handler = Arc::new(Handler {
-        received: received.clone(),
-        remote: Default::default(),
-        offered: Default::default(),
-        connected: Arc::new(Notify::new()),
-        state: Arc::new(Mutex::new(String::new())),
-    });
+    let handler = Arc::new(Handler::recording(received.clone()));
     (new_pc(handler).await, received)
 }
 
@@ -656,14 +663,7 @@ impl Participant {
         let subscribe_state = Arc::new(Mutex::new(String::from("none")));
 
         let publish_pc = if let Some(video_codec) = publish {
-            let handler = Arc::new(Handler {
-                received: received.clone(),
-                remote: Default::default(),
-                offered: Default::default(),
-                connected: Arc::new(Notify::new()),
-                state: Arc::new(Mutex::new(String::new())),
-            });
-            let pc = new_pc(handler).await;
+            let pc = new_pc(Arc::new(Handler::recording(received.clone()))).await;
             let audio = Arc::new(TrackLocalStaticRTP::new(local_track(
                 "audio",
                 RtpCodecKind::Audio,
