@@ -17,6 +17,11 @@ async fn newcomer_gets_existing_tracks_from_a_keyframe() {
         p.received_from(&a.id).len() == 2
     })
     .await;
+    // Tracks open with their first packet: wait until b's are open too.
+    a.wait_for("b's media at a", Duration::from_secs(15), |p| {
+        p.received_from(&b.id).len() == 2
+    })
+    .await;
     // Let the publishers' periodic keyframe pass so the newcomer depends on a requested one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let plis_before = a.plis.load(Ordering::SeqCst);
