@@ -223,7 +223,8 @@ struct RtcpToApp {
     write_queue: VecDeque<TaggedPacket>,
 }
 
-fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
+/// Is this RTCP packet a keyframe request (PLI or FIR)?
+pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
     p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
 }
 

@@ -12,7 +12,6 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -907,10 +906,9 @@ impl Worker {
                         }
                     }
                     RTCMessage::RtcpPacket(rtc_track_id, packets) if kind == PcKind::Subscribe => {
-                        let wants_keyframe = packets.iter().any(|p| {
-                            p.as_any().is::<PictureLossIndication>()
-                                || p.as_any().is::<FullIntraRequest>()
-                        });
+                        let wants_keyframe = packets
+                            .iter()
+                            .any(|p| peer::is_keyframe_request(p.as_ref()));
                         self.stats.nacks_in += packets
                             .iter()
                             .filter(|p| p.as_any().is::<TransportLayerNack>())
