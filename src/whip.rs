@@ -180,7 +180,7 @@ fn admit(
         .ok()
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("the body must be an SDP offer"))?;
-    let (audio, video, other) = media_sections(sdp);
+    let (audio, video, other) = crate::media::peer::media_sections(sdp);
     if audio > 1 || video > 1 || other > 0 || audio + video == 0 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -189,21 +189,6 @@ fn admit(
         ));
     }
     Ok((claims, sdp.to_owned()))
-}
-
-/// Counts the m-lines of an offer by kind: (audio, video, other).
-fn media_sections(sdp: &str) -> (usize, usize, usize) {
-    sdp.lines()
-        .filter_map(|l| l.strip_prefix("m="))
-        .fold((0, 0, 0), |(a, v, o), m| {
-            if m.starts_with("audio") {
-                (a + 1, v, o)
-            } else if m.starts_with("video") {
-                (a, v + 1, o)
-            } else {
-                (a, v, o + 1)
-            }
-        })
 }
 
 async fn whip(
@@ -601,14 +586,5 @@ mod tests {
             media_error(MediaError::BadSdp("x".into())).status(),
             StatusCode::BAD_REQUEST
         );
-    }
-
-    #[test]
-    fn counts_sections() {
-        assert_eq!(
-            media_sections("v=0\r\nm=audio 9 x\r\nm=video 9 x\r\nm=video 9 x\r\n"),
-            (1, 2, 0)
-        );
-        assert_eq!(media_sections("m=application 9 x\r\n"), (0, 0, 1));
     }
 }

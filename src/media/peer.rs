@@ -143,6 +143,21 @@ pub fn same_codec(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
         && mode(&a.sdp_fmtp_line) == mode(&b.sdp_fmtp_line)
 }
 
+/// Counts the m-lines of an offer by kind: (audio, video, other).
+pub fn media_sections(sdp: &str) -> (usize, usize, usize) {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("m="))
+        .fold((0, 0, 0), |(a, v, o), m| {
+            if m.starts_with("audio") {
+                (a + 1, v, o)
+            } else if m.starts_with("video") {
+                (a, v + 1, o)
+            } else {
+                (a, v, o + 1)
+            }
+        })
+}
+
 fn media_engine() -> Result<MediaEngine, Error> {
     let mut engine = MediaEngine::default();
     for (codec, kind) in codecs() {
@@ -312,6 +327,15 @@ mod tests {
             &codec("video/VP8", ""),
             &codec("video/VP9", "")
         ));
+    }
+
+    #[test]
+    fn counts_sections() {
+        assert_eq!(
+            media_sections("v=0\r\nm=audio 9 x\r\nm=video 9 x\r\nm=video 9 x\r\n"),
+            (1, 2, 0)
+        );
+        assert_eq!(media_sections("m=application 9 x\r\n"), (0, 0, 1));
     }
 
     #[test]

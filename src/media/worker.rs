@@ -372,7 +372,8 @@ impl Worker {
         if !self.participants[&pid].can_publish {
             return Err(MediaError::Forbidden("publish"));
         }
-        let sections = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        let (audio, video, other) = peer::media_sections(&sdp);
+        let sections = audio + video + other;
         if sections == 0 {
             return Err(MediaError::BadSdp("the offer has no media sections".into()));
         }
@@ -503,13 +504,8 @@ impl Worker {
         pin: Option<String>,
     ) -> Result<String, MediaError> {
         let pid = self.lookup(participant_id)?;
-        let audio = sdp.lines().filter(|l| l.starts_with("m=audio")).count();
-        let video = sdp.lines().filter(|l| l.starts_with("m=video")).count();
-        if audio > 1
-            || video > 1
-            || audio + video == 0
-            || sdp.lines().filter(|l| l.starts_with("m=")).count() != audio + video
-        {
+        let (audio, video, other) = peer::media_sections(&sdp);
+        if audio > 1 || video > 1 || audio + video == 0 || other > 0 {
             return Err(MediaError::BadSdp(
                 "a viewer's offer must have at most one audio and one video section".into(),
             ));
