@@ -86,6 +86,8 @@ pub struct Worker {
     stats: WorkerStats,
     touched: Vec<PeerId>,
     outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Datagrams of the batch being handled (kept to reuse its allocation).
+    batch: Vec<(SocketAddr, BytesMut)>,
     /// Participants to remove once the current step is done (e.g. their queue overflowed).
     doomed: Vec<(ParticipantId, LeaveReason)>,
     next_speaker_check: Instant,
@@ -116,6 +118,7 @@ impl Worker {
             stats: WorkerStats::default(),
             touched: Vec::new(),
             outbox: Vec::new(),
+            batch: Vec::new(),
             doomed: Vec::new(),
             next_speaker_check: Instant::now(),
             stopped: false,
@@ -150,8 +153,8 @@ impl Worker {
         }
         // Bounded, so timers and commands are never starved by a flood.
         let mut datagrams = 0;
+        let mut batch = std::mem::take(&mut self.batch);
         for _ in 0..8 {
-            let mut batch = Vec::new();
             let read = self
                 .socket
                 .recv_batch(|from, bytes| batch.push((from, BytesMut::from(bytes))));
@@ -159,7 +162,7 @@ impl Worker {
                 Ok(0) => break,
                 Ok(n) => {
                     datagrams += n;
-                    for (from, bytes) in batch {
+                    for (from, bytes) in batch.drain(..) {
                         self.handle_datagram(now, from, bytes);
                     }
                 }
@@ -169,6 +172,7 @@ impl Worker {
                 }
             }
         }
+        self.batch = batch;
         self.handle_timers(now);
         self.reap();
         self.flush();
