@@ -1,14 +1,63 @@
 //! The shared media socket with batched I/O: `recvmmsg` in, `sendmmsg` out.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
+use bytes::BytesMut;
+
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
 /// Largest datagram we accept; WebRTC stays under the path MTU.
 pub const MAX_DATAGRAM: usize = 2048;
+
+/// Where a worker's datagrams come from and go to: the UDP socket in the server, memory in the
+/// benches that measure the media plane alone.
+pub trait Datagrams {
+    /// Reads up to `BATCH` datagrams; calls `each(source, bytes)` for each. Returns how many
+    /// were read (0 when nothing is waiting).
+    fn recv_batch(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
+
+    /// Sends every datagram of `out` and empties it. Returns how many were refused (dropped).
+    fn send_all(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) -> usize;
+}
+
+impl Datagrams for BatchSocket {
+    fn recv_batch(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        BatchSocket::recv_batch(self, each)
+    }
+
+    fn send_all(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) -> usize {
+        let refused = self.send_batch(out);
+        out.clear();
+        refused
+    }
+}
+
+/// Datagrams in memory: the caller fills `inbound` and takes `outbound`. No system calls, so a
+/// bench through a `Worker` built on it measures the media plane's own CPU.
+#[derive(Default)]
+pub struct MemoryDatagrams {
+    pub inbound: VecDeque<(SocketAddr, BytesMut)>,
+    pub outbound: Vec<(SocketAddr, BytesMut)>,
+}
+
+impl Datagrams for MemoryDatagrams {
+    fn recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        let n = self.inbound.len().min(BATCH);
+        for (from, bytes) in self.inbound.drain(..n) {
+            each(from, &bytes);
+        }
+        Ok(n)
+    }
+
+    fn send_all(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) -> usize {
+        self.outbound.append(out);
+        0
+    }
+}
 
 pub struct BatchSocket {
     socket: UdpSocket,

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::demux::{DatagramKind, classify, stun_binding_local_ufrag};
 use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::Munger;
-use super::net::{BatchSocket, wait};
+use super::net::{BatchSocket, Datagrams, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{DownTrack, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId};
 use super::stats::{Drop, WorkerStats};
@@ -69,8 +69,8 @@ pub fn spawn(
     Ok((local, handle))
 }
 
-pub struct Worker {
-    socket: BatchSocket,
+pub struct Worker<D: Datagrams = BatchSocket> {
+    socket: D,
     /// Our advertised address: the host candidate and every datagram's `local_addr`.
     host: SocketAddr,
     inbox: CommandInbox,
@@ -96,9 +96,29 @@ pub struct Worker {
     shutting_down: bool,
 }
 
-impl Worker {
+impl Worker<BatchSocket> {
+    /// Runs turns until every `MediaHandle` is dropped: waits on the socket, the command waker
+    /// and the next timer.
+    pub fn run(&mut self) {
+        info!(addr = %self.host, "media worker started");
+        while !self.stopped {
+            let now = Instant::now();
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
+            wait(
+                [self.socket.raw_fd(), self.inbox.waker.raw_fd()],
+                Some(timeout.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)),
+            );
+            self.turn(Instant::now());
+        }
+        info!("media worker stopped");
+    }
+}
+
+impl<D: Datagrams> Worker<D> {
     pub fn new(
-        socket: BatchSocket,
+        socket: D,
         host: SocketAddr,
         inbox: CommandInbox,
         events: mpsc::Sender<MediaEvent>,
@@ -126,27 +146,23 @@ impl Worker {
         }
     }
 
-    pub fn run(&mut self) {
-        info!(addr = %self.host, "media worker started");
-        while !self.stopped {
-            let now = Instant::now();
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
-            wait(
-                [self.socket.raw_fd(), self.inbox.waker.raw_fd()],
-                Some(timeout.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)),
-            );
-            self.turn(Instant::now());
-        }
-        info!("media worker stopped");
+    /// Where datagrams come from and go to (the benches reach the in-memory ones here).
+    pub fn datagrams(&mut self) -> &mut D {
+        &mut self.socket
     }
 
     /// One turn of the loop; see the module docs.
     pub fn turn(&mut self, now: Instant) {
         self.inbox.waker.drain();
-        while let Ok(command) = self.inbox.rx.try_recv() {
-            self.handle_command(now, command);
+        loop {
+            match self.inbox.rx.try_recv() {
+                Ok(command) => self.handle_command(now, command),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.stopped = true; // every MediaHandle is gone
+                    break;
+                }
+            }
         }
         if self.stopped {
             return;
@@ -1618,13 +1634,13 @@ impl Worker {
         if self.outbox.is_empty() {
             return;
         }
-        let refused = self.socket.send_batch(&self.outbox);
+        let count = self.outbox.len();
+        self.stats.bytes_out += self.outbox.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        let refused = self.socket.send_all(&mut self.outbox);
         for _ in 0..refused {
             self.stats.drop(Drop::SendBufferFull);
         }
-        self.stats.datagrams_out += (self.outbox.len() - refused) as u64;
-        self.stats.bytes_out += self.outbox.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        self.outbox.clear();
+        self.stats.datagrams_out += (count - refused) as u64;
     }
 }
 
