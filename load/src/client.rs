@@ -1,9 +1,12 @@
 //! One load participant: signaling over `/ws`, a publish connection sending synthetic VP8 and
 //! Opus, and a subscribe connection recording latency, loss and first-frame time of everything
 //! it receives.
+//!
+//! The media path (`Outgoing`, `receiver`, the payload trailer and the statistics) is shared with
+//! the Janus front end in `janus.rs`; only the signaling differs.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -146,6 +149,8 @@ pub struct Shared {
     pub media: Media,
     /// Clients generate NACKs and answer them (as browsers do).
     pub nack: bool,
+    /// The address every client socket binds (port 0).
+    pub bind_ip: IpAddr,
     pub measuring: AtomicBool,
     pub joined: AtomicUsize,
     pub sent_packets: AtomicU64,
@@ -157,11 +162,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(media: Media, nack: bool) -> Self {
+    pub fn new(media: Media, nack: bool, bind_ip: IpAddr) -> Self {
         LazyLock::force(&EPOCH);
         Self {
             media,
             nack,
+            bind_ip,
             measuring: AtomicBool::new(false),
             joined: AtomicUsize::new(0),
             sent_packets: AtomicU64::new(0),
@@ -332,10 +338,34 @@ fn vp8() -> RTCRtpCodec {
     }
 }
 
+/// Who published a received track, for the first-frame figure (`Shared::publish_started`).
+#[derive(Clone)]
+pub enum PublisherOf {
+    /// The track's stream id is the publisher's id (Switchboard sets the msid to it).
+    StreamId,
+    /// Looked up by the track's SSRC, filled in by the signaling front end.
+    Ssrc(Arc<Mutex<HashMap<u32, String>>>),
+}
+
 /// Records every received packet of a subscribe connection.
 struct Receiver {
     shared: Arc<Shared>,
     joined_at: Instant,
+    publisher_of: PublisherOf,
+}
+
+/// The event handler of a subscribe connection: every packet of every track it receives goes
+/// into `shared`'s statistics. `joined_at` is when the subscriber started joining.
+pub fn receiver(
+    shared: Arc<Shared>,
+    joined_at: Instant,
+    publisher_of: PublisherOf,
+) -> Arc<dyn PeerConnectionEventHandler> {
+    Arc::new(Receiver {
+        shared,
+        joined_at,
+        publisher_of,
+    })
 }
 
 #[async_trait::async_trait]
@@ -351,8 +381,18 @@ impl PeerConnectionEventHandler for Receiver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(stats.clone());
+        let publisher_of = self.publisher_of.clone();
         tokio::spawn(async move {
-            let publisher = track.stream_id().await;
+            let stream_id = track.stream_id().await;
+            let publisher = |ssrc: u32| match &publisher_of {
+                PublisherOf::StreamId => stream_id.clone(),
+                PublisherOf::Ssrc(map) => map
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&ssrc)
+                    .cloned()
+                    .unwrap_or_default(),
+            };
             while let Some(event) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(p) = event else {
                     continue;
@@ -367,7 +407,7 @@ impl PeerConnectionEventHandler for Receiver {
                 if s.first_packet.is_none() {
                     s.first_packet = Some(now);
                     s.video = video;
-                    s.publisher = publisher.clone();
+                    s.publisher = publisher(p.header.ssrc);
                 }
                 let ext = s.extend(p.header.sequence_number);
                 if measuring {
@@ -405,9 +445,10 @@ fn write_trailer(payload: &mut [u8], kind: u8) {
     t[5..13].copy_from_slice(&now_us().to_be_bytes());
 }
 
-async fn new_pc(
+/// A peer connection with the tool's codecs and interceptors, its sockets on `shared.bind_ip`.
+pub async fn new_pc(
     handler: Arc<dyn PeerConnectionEventHandler>,
-    nack: bool,
+    shared: &Shared,
 ) -> anyhow::Result<Arc<dyn PeerConnection>> {
     let mut engine = MediaEngine::default();
     engine.register_codec(
@@ -426,14 +467,14 @@ async fn new_pc(
     )?;
     let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
     // As `register_default_interceptors`, with the NACK generator/responder optional.
-    let registry = if nack {
+    let registry = if shared.nack {
         configure_nack(registry, &mut engine)
     } else {
         registry
     };
     let registry = configure_twcc_receiver_only(registry, &mut engine)?;
     let registry = configure_rtcp_reports(registry);
-    // Loopback only, no mDNS.
+    // One address (loopback or the namespace's veth), no mDNS.
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
@@ -443,7 +484,7 @@ async fn new_pc(
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .with_udp_addrs(vec![SocketAddr::new(shared.bind_ip, 0).to_string()])
         .build()
         .await
         .context("build a peer connection")?;
@@ -465,6 +506,83 @@ fn local_track(name: &str, kind: RtpCodecKind, codec: RTCRtpCodec) -> MediaStrea
             ..Default::default()
         }],
     )
+}
+
+/// A publish connection: one Opus and one VP8 track, then the synthetic media on them.
+pub struct Outgoing {
+    pub pc: Arc<dyn PeerConnection>,
+    audio: Arc<TrackLocalStaticRTP>,
+    video: Arc<TrackLocalStaticRTP>,
+}
+
+impl Outgoing {
+    pub async fn new(shared: &Shared) -> anyhow::Result<Self> {
+        let pc = new_pc(Arc::new(Quiet), shared).await?;
+        let audio = Arc::new(TrackLocalStaticRTP::new(local_track(
+            "audio",
+            RtpCodecKind::Audio,
+            opus(),
+        )));
+        let video = Arc::new(TrackLocalStaticRTP::new(local_track(
+            "video",
+            RtpCodecKind::Video,
+            vp8(),
+        )));
+        pc.add_track(audio.clone()).await?;
+        pc.add_track(video.clone()).await?;
+        Ok(Self { pc, audio, video })
+    }
+
+    /// The SDP offer, set as local description (see `local_sdp` for `candidates`).
+    pub async fn offer(&self, candidates: bool) -> anyhow::Result<String> {
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        local_sdp(&self.pc, candidates).await
+    }
+
+    pub async fn accept(&self, answer_sdp: &str) -> anyhow::Result<()> {
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer_sdp.to_owned())?)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts sending audio and video until `stop`.
+    pub fn start(&self, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+        tokio::spawn(send_audio(self.audio.clone(), shared.clone(), stop.clone()));
+        tokio::spawn(send_video(self.video.clone(), shared.clone(), stop.clone()));
+    }
+}
+
+/// The local description's SDP. With `candidates`, waits (up to 2 s) until the host candidates
+/// are in it: a full-ICE server (Janus) needs them, Switchboard (ICE-lite) learns the client's
+/// address from its connectivity checks.
+pub async fn local_sdp(pc: &Arc<dyn PeerConnection>, candidates: bool) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let sdp = pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp;
+        if !candidates || sdp.contains("a=candidate") || Instant::now() > deadline {
+            return Ok(sdp);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Answers an offer on `pc` (the caller's subscribe connection), returns the answer's SDP.
+pub async fn answer(
+    pc: &Arc<dyn PeerConnection>,
+    offer_sdp: &str,
+    candidates: bool,
+) -> anyhow::Result<String> {
+    pc.set_remote_description(RTCSessionDescription::offer(offer_sdp.to_owned())?)
+        .await?;
+    let answer = pc.create_answer(None).await?;
+    pc.set_local_description(answer).await?;
+    local_sdp(pc, candidates).await
 }
 
 pub struct Participant {
@@ -493,30 +611,12 @@ impl Participant {
             .context("joined without participant_id")?
             .to_owned();
 
-        let pc = new_pc(Arc::new(Quiet), shared.nack).await?;
-        let audio = Arc::new(TrackLocalStaticRTP::new(local_track(
-            "audio",
-            RtpCodecKind::Audio,
-            opus(),
-        )));
-        let video = Arc::new(TrackLocalStaticRTP::new(local_track(
-            "video",
-            RtpCodecKind::Video,
-            vp8(),
-        )));
-        pc.add_track(audio.clone()).await?;
-        pc.add_track(video.clone()).await?;
-        let offer = pc.create_offer(None).await?;
-        pc.set_local_description(offer).await?;
-        let sdp = pc
-            .local_description()
-            .await
-            .context("no local description")?
-            .sdp;
+        let outgoing = Outgoing::new(&shared).await?;
+        let sdp = outgoing.offer(false).await?;
         signal.send(json!({"type": "publish_offer", "sdp": sdp}));
         let answer = signal.expect("publish_answer").await?;
-        let answer_sdp = answer["sdp"].as_str().context("answer without sdp")?;
-        pc.set_remote_description(RTCSessionDescription::answer(answer_sdp.to_owned())?)
+        outgoing
+            .accept(answer["sdp"].as_str().context("answer without sdp")?)
             .await?;
         shared
             .publish_started
@@ -525,8 +625,7 @@ impl Participant {
             .insert(id.clone(), Instant::now());
 
         let stop = Arc::new(AtomicBool::new(false));
-        tokio::spawn(send_audio(audio, shared.clone(), stop.clone()));
-        tokio::spawn(send_video(video, shared.clone(), stop.clone()));
+        outgoing.start(&shared, &stop);
 
         // Answer every subscribe offer.
         let subscribe: Arc<tokio::sync::Mutex<Option<Arc<dyn PeerConnection>>>> =
@@ -558,7 +657,7 @@ impl Participant {
             .push(joined_at.elapsed());
         Ok(Self {
             stop,
-            publish: pc,
+            publish: outgoing.pc,
             subscribe,
             signal_tx,
         })
@@ -585,32 +684,12 @@ async fn answer_subscribe(
 ) -> anyhow::Result<()> {
     let mut sub = subscribe.lock().await;
     if sub.is_none() {
-        *sub = Some(
-            new_pc(
-                Arc::new(Receiver {
-                    shared: shared.clone(),
-                    joined_at,
-                }),
-                shared.nack,
-            )
-            .await?,
-        );
+        let handler = receiver(shared.clone(), joined_at, PublisherOf::StreamId);
+        *sub = Some(new_pc(handler, shared).await?);
     }
     let pc = sub.as_ref().context("created above")?;
-    let offer = RTCSessionDescription::offer(
-        msg["sdp"]
-            .as_str()
-            .context("subscribe_offer without sdp")?
-            .to_owned(),
-    )?;
-    pc.set_remote_description(offer).await?;
-    let answer = pc.create_answer(None).await?;
-    pc.set_local_description(answer).await?;
-    let sdp = pc
-        .local_description()
-        .await
-        .context("no local description")?
-        .sdp;
+    let offer = msg["sdp"].as_str().context("subscribe_offer without sdp")?;
+    let sdp = answer(pc, offer, false).await?;
     signal.send(json!({"type": "subscribe_answer", "sdp": sdp}));
     Ok(())
 }

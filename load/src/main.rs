@@ -9,12 +9,18 @@
 //! signaling over `/ws` as in docs/protocol.md. Every media payload ends with a 13-byte trailer:
 //! a magic, the kind (audio/video) and the send time in µs since the tool started, so receivers
 //! compute latency without clock sync (one process, one clock).
+//!
+//! `--target janus` runs the same participants against Janus VideoRoom instead (`janus.rs`), and
+//! `--compare` prints reports of both side by side (scripts/bench-janus.sh does all of it).
 
 mod baseline;
 mod client;
+mod compare;
+mod janus;
 mod report;
 mod server;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,16 +29,53 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
-use crate::client::{Media, Participant, Shared};
+use crate::client::{Media, Shared};
+use crate::janus::Janus;
 use crate::report::Report;
 use crate::server::{Server, ServerSample};
+
+/// Which SFU the participants join.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Switchboard: `/ws` signaling as in docs/protocol.md.
+    Switchboard,
+    /// Janus VideoRoom (1.x) through its HTTP REST API at --janus-url.
+    Janus,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Switchboard => "switchboard",
+            Target::Janus => "janus",
+        }
+    }
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "switchboard-load", version, about)]
 pub struct Args {
-    /// The server's HTTP address (loopback only).
+    /// The SFU under load.
+    #[arg(long, value_enum, default_value_t = Target::Switchboard)]
+    target: Target,
+    /// The server's HTTP address (loopback, or a private address such as the veth pair of
+    /// scripts/bench-janus.sh).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Janus's REST API, e.g. http://10.77.0.1:8088/janus (with --target janus).
+    #[arg(long)]
+    janus_url: Option<String>,
+    /// The address the clients' sockets bind (loopback, or a private address of a namespace).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    client_ip: IpAddr,
+    /// Count forwarded packets as the packets the clients received, even when the server has a
+    /// forwarded-packet counter: what the comparison with Janus (which has none) uses for both.
+    #[arg(long)]
+    count_received: bool,
+    /// Print these JSON reports (of both targets, same configurations) side by side with the
+    /// Janus/Switchboard ratio of CPU per forwarded packet, instead of running.
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
     /// The server's process id, for CPU time and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -85,6 +128,15 @@ pub struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.compare.is_empty() {
+        return compare::run(&args.compare, args.json_out.as_deref());
+    }
+    if !server::allowed(args.client_ip) {
+        bail!(
+            "--client-ip {}: only loopback or private addresses",
+            args.client_ip
+        );
+    }
     if args.participants < 1 || args.rooms < 1 {
         bail!("--rooms and --participants must be at least 1");
     }
@@ -109,19 +161,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<Report> {
-    let mut server = match &args.spawn {
-        Some(bin) => Server::spawn(bin, &args.server_args).await?,
-        None => Server::attach(&args.server, args.server_pid)?,
+    let janus = match (args.target, &args.janus_url) {
+        (Target::Janus, Some(url)) => Some(Janus::parse(url)?),
+        (Target::Janus, None) => bail!("--target janus needs --janus-url"),
+        (Target::Switchboard, _) => None,
+    };
+    let mut server = match (&janus, &args.spawn) {
+        (Some(janus), _) => Server::attach_janus(janus.http, args.server_pid)?,
+        (None, Some(bin)) => Server::spawn(bin, &args.server_args).await?,
+        (None, None) => Server::attach(&args.server, args.server_pid)?,
     };
     let media = Media::new(args.video_kbps, args.fps, args.keyframe_interval);
-    let shared = Arc::new(Shared::new(media, !args.no_nack));
+    let shared = Arc::new(Shared::new(media, !args.no_nack, args.client_ip));
     let load_before = report::loadavg();
     let idle = server.sample().await?;
     let total = args.rooms * args.participants;
     eprintln!(
-        "switchboard-load: {} room(s) × {} participant(s) against {} (pid {})",
+        "switchboard-load: {} room(s) × {} participant(s) against {} at {} (pid {})",
         args.rooms,
         args.participants,
+        args.target.name(),
         server.http,
         server
             .pid
@@ -132,12 +191,30 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let mut joins = Vec::new();
     for r in 0..args.rooms {
         let (shared, http, args) = (shared.clone(), server.http, args.clone());
+        let janus = janus.clone();
         joins.push(tokio::spawn(async move {
-            let room = format!("load-{}-{r}", std::process::id());
             let mut out = Vec::new();
+            let janus_room = match &janus {
+                Some(j) => match j.create_room(args.participants).await {
+                    Ok(room) => Some(room),
+                    Err(err) => {
+                        out.push(Err(err));
+                        return out;
+                    }
+                },
+                None => None,
+            };
+            let room = format!("load-{}-{r}", std::process::id());
             for p in 0..args.participants {
                 let name = format!("r{r}p{p}");
-                out.push(Participant::join(shared.clone(), http, &room, &name).await);
+                out.push(match (&janus, janus_room) {
+                    (Some(j), Some(jr)) => janus::Participant::join(shared.clone(), j, jr, &name)
+                        .await
+                        .map(Participant::Janus),
+                    _ => client::Participant::join(shared.clone(), http, &room, &name)
+                        .await
+                        .map(Participant::Switchboard),
+                });
                 tokio::time::sleep(Duration::from_millis(args.join_stagger_ms)).await;
             }
             out
@@ -222,6 +299,21 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         baseline,
         load_before,
     ))
+}
+
+/// A participant of either front end.
+enum Participant {
+    Switchboard(client::Participant),
+    Janus(janus::Participant),
+}
+
+impl Participant {
+    async fn stop(&self) {
+        match self {
+            Participant::Switchboard(p) => p.stop().await,
+            Participant::Janus(p) => p.stop().await,
+        }
+    }
 }
 
 /// What one run measured of the server between two samples.

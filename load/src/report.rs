@@ -12,6 +12,7 @@ use crate::{Args, delta};
 
 #[derive(Debug, Default)]
 pub struct Report {
+    pub target: &'static str,
     pub rooms: usize,
     pub participants_per_room: usize,
     pub duration_s: f64,
@@ -43,6 +44,10 @@ pub struct Report {
     pub load_tool_cpu_util: Option<f64>,
     /// Datagrams the kernel dropped for full receive buffers (any socket) while measuring.
     pub udp_rcvbuf_errors: Option<u64>,
+    /// Packets per second arriving on the clients' non-loopback interfaces, and the server's CPU
+    /// per such packet; only when the clients use a private address (a namespace of their own).
+    pub client_net_rx_pps: Option<f64>,
+    pub cpu_ns_per_client_net_rx: Option<f64>,
     pub load_before: String,
     pub load_after: String,
 }
@@ -79,6 +84,7 @@ impl Report {
         let secs = elapsed.as_secs_f64();
         let per_s = |name: &str| delta(before, after, name).map(|d| d / secs);
         let mut r = Report {
+            target: args.target.name(),
             rooms: args.rooms,
             participants_per_room: args.participants,
             duration_s: secs,
@@ -146,11 +152,22 @@ impl Report {
         joins.sort_by(f64::total_cmp);
         r.join_p50_ms = percentile(&joins, 0.5);
 
+        if !args.client_ip.is_loopback()
+            && let (Some(a), Some(b)) = (after.net_rx_packets, before.net_rx_packets)
+        {
+            r.client_net_rx_pps = Some(a.saturating_sub(b) as f64 / secs);
+        }
         if let (Some(a), Some(b)) = (after.cpu_secs, before.cpu_secs) {
             let cpu = a - b;
+            r.cpu_ns_per_client_net_rx = r
+                .client_net_rx_pps
+                .filter(|&pps| pps > 0.0)
+                .map(|pps| cpu * 1e9 / (pps * secs));
             r.server_cpu_s = Some(cpu);
             r.server_cpu_util = Some(cpu / secs);
-            let forwarded = match delta(before, after, "switchboard_rtp_forwarded_total") {
+            let from_metrics = delta(before, after, "switchboard_rtp_forwarded_total")
+                .filter(|_| !args.count_received);
+            let forwarded = match from_metrics {
                 Some(f) => {
                     r.forwarded_count_source = "server /metrics rtp_forwarded_total";
                     f
@@ -177,6 +194,7 @@ impl Report {
 
     pub fn to_json(&self) -> Value {
         json!({
+            "target": self.target,
             "rooms": self.rooms,
             "participants_per_room": self.participants_per_room,
             "duration_s": self.duration_s,
@@ -212,6 +230,8 @@ impl Report {
             "ratio_to_baseline": self.ratio(),
             "load_tool_cpu_util": self.load_tool_cpu_util,
             "udp_rcvbuf_errors": self.udp_rcvbuf_errors,
+            "client_net_rx_pps": self.client_net_rx_pps,
+            "server_cpu_ns_per_client_net_rx_packet": self.cpu_ns_per_client_net_rx,
             "loadavg_before": self.load_before,
             "loadavg_after": self.load_after,
         })
@@ -225,6 +245,7 @@ impl Report {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(s, "{k:<44} {v}");
         };
+        row("target", self.target.to_owned());
         row(
             "rooms × participants",
             format!("{} × {}", self.rooms, self.participants_per_room),
@@ -275,6 +296,16 @@ impl Report {
             );
         }
         row("ratio to the raw baseline", f(self.ratio(), 2));
+        if self.client_net_rx_pps.is_some() {
+            row(
+                "packets into the clients' interface /s",
+                f(self.client_net_rx_pps, 0),
+            );
+            row(
+                "server CPU per such packet (ns)",
+                f(self.cpu_ns_per_client_net_rx, 0),
+            );
+        }
         row(
             "server RSS (KiB; idle)",
             format!(

@@ -1,7 +1,7 @@
 //! The server under load: started by us or attached to, sampled from `/proc` and `/metrics`.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Server {
     pub http: SocketAddr,
     pub pid: Option<u32>,
+    /// The server has Switchboard's `/metrics` (Janus has not).
+    metrics: bool,
     child: Option<Child>,
     _data_dir: Option<TempDir>,
 }
@@ -29,6 +31,10 @@ pub struct ServerSample {
     pub own_cpu_secs: Option<f64>,
     /// Datagrams the kernel dropped for a full receive buffer, machine-wide (`/proc/net/snmp`).
     pub udp_rcvbuf_errors: Option<u64>,
+    /// Packets received on this network namespace's interfaces other than loopback
+    /// (`/proc/net/dev`): in scripts/bench-janus.sh's client namespace, every datagram the
+    /// server sent to the clients, counted before any socket could drop it.
+    pub net_rx_packets: Option<u64>,
 }
 
 impl ServerSample {
@@ -47,12 +53,27 @@ impl Server {
         let http: SocketAddr = host
             .parse()
             .with_context(|| format!("--server {url}: expected http://IP:PORT"))?;
-        if !http.ip().is_loopback() {
-            bail!("--server {url}: only loopback addresses are measured");
+        if !allowed(http.ip()) {
+            bail!("--server {url}: only loopback or private addresses are measured");
         }
         Ok(Self {
             http,
             pid,
+            metrics: true,
+            child: None,
+            _data_dir: None,
+        })
+    }
+
+    /// Janus at `http` (its REST API; no `/metrics`).
+    pub fn attach_janus(http: SocketAddr, pid: Option<u32>) -> anyhow::Result<Self> {
+        if !allowed(http.ip()) {
+            bail!("--janus-url {http}: only loopback or private addresses are measured");
+        }
+        Ok(Self {
+            http,
+            pid,
+            metrics: false,
             child: None,
             _data_dir: None,
         })
@@ -80,6 +101,7 @@ impl Server {
         let server = Self {
             http,
             pid: Some(child.id()),
+            metrics: true,
             child: Some(child),
             _data_dir: Some(data_dir),
         };
@@ -100,9 +122,12 @@ impl Server {
             Some(pid) => (proc_cpu_secs(pid), proc_rss_kib(pid)),
             None => (None, None),
         };
-        let metrics = match http_request(self.http, "GET", "/metrics", None).await {
-            Ok((200, Value::String(text))) => parse_metrics(&text),
-            _ => HashMap::new(),
+        let metrics = match self.metrics {
+            true => match http_request(self.http, "GET", "/metrics", None).await {
+                Ok((200, Value::String(text))) => parse_metrics(&text),
+                _ => HashMap::new(),
+            },
+            false => HashMap::new(),
         };
         Ok(ServerSample {
             at: Some(Instant::now()),
@@ -111,6 +136,7 @@ impl Server {
             metrics,
             own_cpu_secs: proc_cpu_secs(std::process::id()),
             udp_rcvbuf_errors: udp_rcvbuf_errors(),
+            net_rx_packets: net_rx_packets(),
         })
     }
 
@@ -153,6 +179,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Addresses the tool talks to: loopback, or private ones (the veth pair between two network
+/// namespaces that scripts/bench-janus.sh creates), never anything routed further.
+pub fn allowed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => v6.is_loopback(),
     }
 }
 
@@ -216,6 +251,20 @@ fn udp_rcvbuf_errors() -> Option<u64> {
     let (names, values) = (udp.next()?, udp.next()?);
     let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
     values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// Sum of the receive-packet counters of `/proc/net/dev` over every interface but `lo`.
+fn net_rx_packets() -> Option<u64> {
+    let dev = std::fs::read_to_string("/proc/net/dev").ok()?;
+    let mut sum = 0;
+    for line in dev.lines().skip(2) {
+        let (name, counters) = line.split_once(':')?;
+        if name.trim() != "lo" {
+            // receive: bytes packets errs drop …
+            sum += counters.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+        }
+    }
+    Some(sum)
 }
 
 /// Unlabelled samples of the Prometheus text format, by name.
@@ -296,5 +345,6 @@ mod tests {
         assert!(proc_cpu_secs(pid).is_some());
         assert!(proc_rss_kib(pid).unwrap() > 0);
         assert!(udp_rcvbuf_errors().is_some());
+        assert!(net_rx_packets().is_some());
     }
 }
