@@ -37,6 +37,18 @@ export function sdpSections(sdp) {
   return out;
 }
 
+/**
+ * Starts or stops a sender's RTP without renegotiating. A sender without a track is not
+ * enough: Firefox then goes on sending one black frame a second.
+ */
+async function setSending(sender, active) {
+  const params = sender.getParameters();
+  if (!params.encodings || params.encodings.length === 0) return;
+  if (params.encodings.every((e) => e.active === active)) return;
+  for (const e of params.encodings) e.active = active;
+  await sender.setParameters(params);
+}
+
 export class Call extends EventTarget {
   /**
    * @param {object} opts
@@ -560,8 +572,10 @@ export class Call extends EventTarget {
         this.local.cameraDeviceId = deviceIdOf(track) || this.local.cameraDeviceId;
         if (this.state === 'joined') {
           const tr = this.transceivers.get('camera');
-          if (tr) await tr.sender.replaceTrack(track);
-          else {
+          if (tr) {
+            await tr.sender.replaceTrack(track);
+            await setSending(tr.sender, true);
+          } else {
             this.addSendTrack('camera', track);
             this.renegotiate();
           }
@@ -570,7 +584,10 @@ export class Call extends EventTarget {
       this.local.camOn = true;
     } else {
       const tr = this.transceivers.get('camera');
-      if (tr) await tr.sender.replaceTrack(null);
+      if (tr) {
+        await tr.sender.replaceTrack(null);
+        await setSending(tr.sender, false);
+      }
       stopTrack(this.local.camera);
       this.local.camera = null;
       this.local.camOn = false;
