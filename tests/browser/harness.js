@@ -2,7 +2,8 @@
 //
 // Nothing is mocked: the tests start the Switchboard binary (SWITCHBOARD_BIN, default
 // target/release/switchboard) on loopback in dev mode and drive Debian's /usr/bin/chromium
-// with fake camera/microphone devices.
+// (and /usr/bin/firefox-esr, see firefox.js) with fake camera/microphone devices. The page
+// helpers take a Playwright page (Chromium) or a puppeteer page (Firefox) alike.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
@@ -12,6 +13,7 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { newFirefoxPage } from './firefox.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const chromiumPath = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -152,6 +154,7 @@ export async function launchBrowser() {
  * @returns {Promise<import('playwright-core').Page & {errors: string[]}>}
  */
 export async function newPage(browser, { width = 1280, height = 720 } = {}) {
+  if (browser.isFirefox) return newFirefoxPage(browser, { width, height });
   const context = await browser.newContext({
     viewport: { width, height },
     permissions: ['camera', 'microphone'],
@@ -237,6 +240,60 @@ export function decodedByParticipant(page, source = 'camera') {
     });
     return out;
   }, source);
+}
+
+/**
+ * Received audio per remote participant's microphone, from the subscribe connection's
+ * getStats() (inbound-rtp, kind audio), matched to participants by transceiver mid.
+ * @returns {Promise<Record<string, {packetsReceived: number, totalSamplesReceived: number}>>}
+ */
+export function audioByParticipant(page) {
+  return page.evaluate(async () => {
+    const sb = window.switchboard;
+    const pc = sb.pcs.subscribe;
+    if (!pc) return {};
+    const call = sb.call;
+    const report = await pc.getStats();
+    const out = {};
+    report.forEach((s) => {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;
+      let mid = s.mid;
+      if (mid === undefined) {
+        const tr = pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.id === s.trackIdentifier);
+        mid = tr && tr.mid;
+      }
+      const info = call.midMap.get(String(mid));
+      if (!info || info.source !== 'microphone') return;
+      const o = out[info.participant_id] || { packetsReceived: 0, totalSamplesReceived: 0 };
+      o.packetsReceived += s.packetsReceived || 0;
+      o.totalSamplesReceived += s.totalSamplesReceived || 0;
+      out[info.participant_id] = o;
+    });
+    return out;
+  });
+}
+
+/**
+ * Waits until `page` receives the microphone audio of every participant in `pids`: packets
+ * received and samples received both growing between two reads 1.5 s apart.
+ * Returns {pid: {packets: [before, after], samples: [before, after]}}.
+ */
+export async function waitForAudio(page, pids, { timeout = 25_000 } = {}) {
+  let result;
+  await waitFor(`${page.displayName} to receive audio of ${pids.length} participant(s)`, async () => {
+    const a = await audioByParticipant(page);
+    const grew = (b, k) => pids.every((id) => a[id] && b[id] && a[id][k] > 0 && b[id][k] > a[id][k]);
+    if (!pids.every((id) => a[id] && a[id].packetsReceived > 0)) return false;
+    await sleep(1500);
+    const b = await audioByParticipant(page);
+    if (!grew(b, 'packetsReceived') || !grew(b, 'totalSamplesReceived')) return false;
+    result = Object.fromEntries(pids.map((id) => [id, {
+      packets: [a[id].packetsReceived, b[id].packetsReceived],
+      samples: [a[id].totalSamplesReceived, b[id].totalSamplesReceived],
+    }]));
+    return true;
+  }, { timeout, interval: 500 });
+  return result;
 }
 
 /** Participant id of each page (by its own view). */
