@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Switchboard: unit, integration (real server, real WebRTC peers on
-# loopback) and browser tests (real headless Chromium). Installs what the tests need first.
+# loopback) and browser tests (real headless Chromium and Firefox). Installs what the tests
+# need first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- what the tests need ---------------------------------------------------------------
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
@@ -42,5 +44,5 @@ isolated() {
 echo "==> unit and integration tests"
 isolated cargo test --release --locked --offline
 
-echo "==> browser tests (headless Chromium)"
+echo "==> browser tests (headless Chromium and Firefox)"
 SWITCHBOARD_BIN="$PWD/target/release/switchboard" isolated node --test --test-concurrency=1 tests/browser/
