@@ -5,7 +5,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    ReceiverReportBuilder, Registry, SenderReportBuilder, StreamInfo, TaggedPacket,
+    TwccReceiverBuilder,
+};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -184,17 +188,36 @@ fn media_engine() -> Result<MediaEngine, Error> {
 ///
 /// `host` is the advertised address of the shared socket: the single host candidate, and the
 /// `local_addr` every datagram for this peer is tagged with.
+///
+/// Media flows one way on each of our connections, so each gets only the interceptors of its
+/// direction: a publish connection (`receives_media`) the NACK generator, receiver reports and
+/// transport-wide feedback; a subscribe connection the NACK responder and sender reports. Every
+/// interceptor moves every packet through its queues, and a subscribe connection writes each
+/// forwarded packet once per leg, so the unused ones are not free (see docs/performance.md).
 pub fn build(
     now: Instant,
     host: SocketAddr,
     ufrag: &str,
     pwd: &str,
+    receives_media: bool,
 ) -> Result<RTCPeerConnection, Error> {
     let mut engine = media_engine()?;
-    // Inbound RTCP reaches the application only when marked; the marker sits above the
-    // default interceptors, so NACKs are still answered by the NACK responder.
+    // What the default interceptors negotiate (NACK, PLI and transport-cc feedback, the
+    // mid/rid extensions) is the same for both directions; their chain is not.
+    register_default_interceptors(Registry::new(), &mut engine)?;
+    // Inbound RTCP reaches the application only when marked; the marker sits above the other
+    // interceptors, so NACKs are still answered by the NACK responder.
     let registry = Registry::new().with(Slot::from(14_000), RtcpToApp::default());
-    let registry = register_default_interceptors(registry, &mut engine)?;
+    let registry = if receives_media {
+        registry
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+    } else {
+        registry
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+    };
 
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
@@ -345,6 +368,7 @@ mod tests {
             "127.0.0.1:7882".parse().unwrap(),
             "ufragAAAA",
             "p".repeat(24).as_str(),
+            true,
         );
         assert!(pc.is_ok(), "{:?}", pc.err());
     }

@@ -764,7 +764,7 @@ impl<D: Datagrams> Worker<D> {
             }
         };
         let pwd = random_token(16);
-        let pc = peer::build(now, self.host, &ufrag, &pwd)?;
+        let pc = peer::build(now, self.host, &ufrag, &pwd, kind == PcKind::Publish)?;
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
