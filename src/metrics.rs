@@ -73,6 +73,7 @@ impl Metrics {
             sum.keyframe_requests_out += s.keyframe_requests_out;
             sum.nacks_in += s.nacks_in;
             sum.turn_time.merge(&s.turn_time);
+            sum.forwarding_delay.merge(&s.forwarding_delay);
             for (total, n) in sum.drops.iter_mut().zip(s.drops) {
                 *total += n;
             }
@@ -158,6 +159,13 @@ impl Metrics {
             "forwarding_turn_seconds",
             "Time of media-loop turns that handled datagrams: read a batch, forward, send.",
             &sum.turn_time,
+        );
+        histogram(
+            &mut out,
+            "forwarding_delay_seconds",
+            "Per forwarded RTP packet: from the kernel's receipt (SO_TIMESTAMPNS) to the send of \
+             its copies to every subscriber. What the server adds to a packet's trip.",
+            &sum.forwarding_delay,
         );
         histogram(
             &mut out,

@@ -1,4 +1,5 @@
-//! Media metrics move during a real call: the forwarding-turn histogram and received NACKs.
+//! Media metrics move during a real call: the forwarding-turn and forwarding-delay histograms
+//! and received NACKs.
 
 mod common;
 
@@ -56,6 +57,18 @@ async fn turn_histogram_and_nack_counter_move() {
         .collect();
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
     assert!(value(&before, "switchboard_forwarding_turn_seconds_sum") > 0.0);
+
+    // The forwarding delay is observed once per forwarded packet, from the kernel's receive
+    // timestamp: at least as many as b received, and far below a second on an idle loopback.
+    let delays = value(&before, "switchboard_forwarding_delay_seconds_count");
+    let received: u64 = b.received_from(&a.id).iter().map(|t| t.packets).sum();
+    assert!(
+        delays >= received as f64,
+        "{delays} delays for {received} packets"
+    );
+    assert!(delays <= value(&before, "switchboard_rtp_forwarded_total"));
+    let mean = value(&before, "switchboard_forwarding_delay_seconds_sum") / delays;
+    assert!(mean > 0.0 && mean < 0.1, "mean forwarding delay {mean} s");
 
     // A subscriber's NACK reaches the server and is counted.
     let (track_id, seq, ssrc) = {

@@ -16,17 +16,23 @@ pub const MAX_DATAGRAM: usize = 2048;
 /// Where a worker's datagrams come from and go to: the UDP socket in the server, memory in the
 /// benches that measure the media plane alone.
 pub trait Datagrams {
-    /// Reads up to `BATCH` datagrams; calls `each(source, bytes)` for each. Returns how many
-    /// were read (0 when nothing is waiting).
-    fn recv_batch(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
+    /// Reads up to `BATCH` datagrams; calls `each(source, bytes, received)` for each, with the
+    /// kernel's receive time when known. Returns how many were read (0 when nothing waits).
+    fn recv_batch(
+        &mut self,
+        each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+    ) -> io::Result<usize>;
 
     /// Sends every datagram of `out` and empties it. Returns how many were refused (dropped).
     fn send_all(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) -> usize;
 }
 
 impl Datagrams for BatchSocket {
-    fn recv_batch(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
-        BatchSocket::recv_batch(self, each)
+    fn recv_batch(
+        &mut self,
+        each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+    ) -> io::Result<usize> {
+        self.recv_batch_stamped(each)
     }
 
     fn send_all(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) -> usize {
@@ -45,10 +51,13 @@ pub struct MemoryDatagrams {
 }
 
 impl Datagrams for MemoryDatagrams {
-    fn recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+    fn recv_batch(
+        &mut self,
+        mut each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+    ) -> io::Result<usize> {
         let n = self.inbound.len().min(BATCH);
         for (from, bytes) in self.inbound.drain(..n) {
-            each(from, &bytes);
+            each(from, &bytes, None);
         }
         Ok(n)
     }
@@ -59,10 +68,40 @@ impl Datagrams for MemoryDatagrams {
     }
 }
 
+/// A `CLOCK_REALTIME` instant in nanoseconds: what the kernel stamps received datagrams with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RealTime(pub u64);
+
+impl RealTime {
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid out-pointer for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        Self::from_timespec(&ts)
+    }
+
+    fn from_timespec(ts: &libc::timespec) -> Self {
+        Self(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
+    /// Time from `earlier` to `self`; zero if the clock stepped back.
+    pub fn since(self, earlier: RealTime) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// Room for one `SCM_TIMESTAMPNS` control message (a `cmsghdr` and a `timespec`, aligned).
+const CONTROL_LEN: usize = 64;
+
 pub struct BatchSocket {
     socket: UdpSocket,
     bufs: Vec<[u8; MAX_DATAGRAM]>,
     addrs: Vec<libc::sockaddr_storage>,
+    /// Per-datagram control buffers for the kernel's receive timestamps (u64 for alignment).
+    controls: Vec<[u64; CONTROL_LEN / 8]>,
 }
 
 impl BatchSocket {
@@ -77,11 +116,25 @@ impl BatchSocket {
         let _ = socket.set_send_buffer_size(4 << 20);
         socket.bind(&addr.into())?;
         socket.set_nonblocking(true)?;
+        // The kernel's receive time on every datagram: how long a packet waited before we
+        // forwarded it (`switchboard_forwarding_delay_seconds`). Best effort.
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, and an int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         Ok(Self {
             socket: socket.into(),
             bufs: vec![[0; MAX_DATAGRAM]; BATCH],
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             addrs: vec![unsafe { zeroed() }; BATCH],
+            controls: vec![[0; CONTROL_LEN / 8]; BATCH],
         })
     }
 
@@ -96,6 +149,14 @@ impl BatchSocket {
     /// Reads up to `BATCH` datagrams; calls `each(source, bytes)` for each. Returns how many
     /// were read (0 when nothing is waiting).
     pub fn recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        self.recv_batch_stamped(|from, bytes, _| each(from, bytes))
+    }
+
+    /// `recv_batch` with each datagram's kernel receive time (`SO_TIMESTAMPNS`).
+    pub fn recv_batch_stamped(
+        &mut self,
+        mut each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+    ) -> io::Result<usize> {
         // SAFETY: iovecs and headers point into self.bufs/self.addrs, which outlive the call
         // and are not touched until it returns; the kernel writes at most iov_len/msg_namelen.
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
@@ -109,6 +170,8 @@ impl BatchSocket {
             hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
+            hdrs[i].msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_controllen = CONTROL_LEN;
         }
         let n = unsafe {
             libc::recvmmsg(
@@ -132,7 +195,11 @@ impl BatchSocket {
                 continue; // larger than any WebRTC datagram: not ours
             }
             if let Some(addr) = from_storage(addr) {
-                each(addr, &buf[..hdr.msg_len as usize]);
+                each(
+                    addr,
+                    &buf[..hdr.msg_len as usize],
+                    receive_time(&hdr.msg_hdr),
+                );
             }
         }
         Ok(n)
@@ -184,6 +251,24 @@ impl BatchSocket {
         }
         refused
     }
+}
+
+/// The `SCM_TIMESTAMPNS` control message of a received datagram, if the kernel attached one.
+fn receive_time(msg: &libc::msghdr) -> Option<RealTime> {
+    // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG_* macros stay
+    // within it, and a SCM_TIMESTAMPNS payload is a timespec.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                return Some(RealTime::from_timespec(&ts));
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    None
 }
 
 fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -275,6 +360,7 @@ mod tests {
         let to = a.local_addr().unwrap();
         let msgs: Vec<(SocketAddr, Vec<u8>)> =
             (0..40u8).map(|i| (to, vec![i; 10 + i as usize])).collect();
+        let sent_at = RealTime::now();
         assert_eq!(b.send_batch(&msgs), 0);
         let mut got = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -283,8 +369,12 @@ mod tests {
                 [a.raw_fd(), a.raw_fd()],
                 Some(std::time::Duration::from_millis(50)),
             );
-            a.recv_batch(|from, bytes| got.push((from, bytes.to_vec())))
-                .unwrap();
+            a.recv_batch_stamped(|from, bytes, at| {
+                let at = at.expect("SO_TIMESTAMPNS stamps every datagram");
+                assert!(at >= sent_at && RealTime::now().since(at).as_secs() < 2);
+                got.push((from, bytes.to_vec()))
+            })
+            .unwrap();
         }
         assert_eq!(got.len(), 40);
         assert!(got.iter().all(|(from, _)| *from == b.local_addr().unwrap()));

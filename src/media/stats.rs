@@ -48,7 +48,9 @@ impl Drop {
 }
 
 /// Upper bounds of latency histogram buckets, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 9] = [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    10, 25, 50, 100, 150, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 50_000,
+];
 
 /// A fixed-bucket latency histogram (loop turns, store writes); cumulative on export.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct WorkerStats {
     pub nacks_in: u64,
     /// Time of loop turns that handled datagrams (read, forward, send).
     pub turn_time: LatencyHistogram,
+    /// Per forwarded RTP packet: from the kernel's receipt to the send of its copies.
+    pub forwarding_delay: LatencyHistogram,
     pub drops: [u64; Drop::ALL.len()],
 }
 
@@ -124,11 +128,12 @@ mod tests {
         h.observe(Duration::from_micros(10));
         h.observe(Duration::from_micros(25));
         h.observe(Duration::from_micros(26));
-        h.observe(Duration::from_millis(50));
-        assert_eq!(h.buckets[0], 2);
+        h.observe(Duration::from_millis(51));
+        assert_eq!(h.buckets[0], 1);
         assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[2], 1);
         assert_eq!(h.buckets[LATENCY_BUCKETS_US.len()], 1);
         assert_eq!(h.count, 4);
-        assert_eq!(h.sum_ns, 50_061_000);
+        assert_eq!(h.sum_ns, 51_061_000);
     }
 }

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::demux::{DatagramKind, classify, stun_binding_local_ufrag};
 use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::Munger;
-use super::net::{BatchSocket, Datagrams, wait};
+use super::net::{BatchSocket, Datagrams, RealTime, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{DownTrack, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId};
 use super::stats::{Drop, WorkerStats};
@@ -87,7 +87,12 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     touched: Vec<PeerId>,
     outbox: Vec<(SocketAddr, BytesMut)>,
     /// Datagrams of the batch being handled (kept to reuse its allocation).
-    batch: Vec<(SocketAddr, BytesMut)>,
+    batch: Vec<(SocketAddr, BytesMut, Option<RealTime>)>,
+    /// When the datagram being handled reached the kernel (the socket's receive timestamp).
+    received: Option<RealTime>,
+    /// Receive times of the RTP packets forwarded in this turn, for the delay histogram once
+    /// they are sent.
+    forwarded_received: Vec<RealTime>,
     /// Participants to remove once the current step is done (e.g. their queue overflowed).
     doomed: Vec<(ParticipantId, LeaveReason)>,
     next_speaker_check: Instant,
@@ -139,6 +144,8 @@ impl<D: Datagrams> Worker<D> {
             touched: Vec::new(),
             outbox: Vec::new(),
             batch: Vec::new(),
+            received: None,
+            forwarded_received: Vec::new(),
             doomed: Vec::new(),
             next_speaker_check: Instant::now(),
             stopped: false,
@@ -173,14 +180,16 @@ impl<D: Datagrams> Worker<D> {
         for _ in 0..8 {
             let read = self
                 .socket
-                .recv_batch(|from, bytes| batch.push((from, BytesMut::from(bytes))));
+                .recv_batch(|from, bytes, at| batch.push((from, BytesMut::from(bytes), at)));
             match read {
                 Ok(0) => break,
                 Ok(n) => {
                     datagrams += n;
-                    for (from, bytes) in batch.drain(..) {
+                    for (from, bytes, at) in batch.drain(..) {
+                        self.received = at;
                         self.handle_datagram(now, from, bytes);
                     }
+                    self.received = None;
                 }
                 Err(err) => {
                     warn!(%err, "media socket read failed");
@@ -1329,6 +1338,7 @@ impl<D: Datagrams> Worker<D> {
         }
         let keyframe = track.video.map(|codec| is_keyframe(codec, &packet.payload));
         let mut wants_keyframe = false;
+        let forwarded_before = self.stats.rtp_forwarded;
         for sub in &track.subscribers {
             let Some(participant) = self.participants.get_mut(sub) else {
                 continue;
@@ -1375,6 +1385,9 @@ impl<D: Datagrams> Worker<D> {
                 self.touched
                     .push(participant.subscribe.expect("matched above"));
             }
+        }
+        if let (true, Some(at)) = (self.stats.rtp_forwarded > forwarded_before, self.received) {
+            self.forwarded_received.push(at);
         }
         if wants_keyframe {
             self.request_keyframe(now, track_id);
@@ -1641,6 +1654,12 @@ impl<D: Datagrams> Worker<D> {
             self.stats.drop(Drop::SendBufferFull);
         }
         self.stats.datagrams_out += (count - refused) as u64;
+        if !self.forwarded_received.is_empty() {
+            let sent = RealTime::now();
+            for at in self.forwarded_received.drain(..) {
+                self.stats.forwarding_delay.observe(sent.since(at));
+            }
+        }
     }
 }
 
