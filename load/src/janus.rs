@@ -145,7 +145,11 @@ impl Session {
     async fn long_poll(self: Arc<Self>) {
         let path = format!("{}/{}?maxev=10", self.janus.base, self.id);
         while !self.stop.load(Ordering::Relaxed) {
-            let events = match http_request(self.janus.http, "GET", &path, None).await {
+            let answer = http_request(self.janus.http, "GET", &path, None).await;
+            if self.stop.load(Ordering::Relaxed) {
+                break; // the session is being destroyed: its last poll fails
+            }
+            let events = match answer {
                 Ok((200, Value::Array(events))) => events,
                 Ok((200, event)) => vec![event],
                 Ok((status, v)) => {
