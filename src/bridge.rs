@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use tokio::sync::{mpsc, oneshot};
@@ -211,9 +212,13 @@ impl MediaError {
 }
 
 /// Wakes a worker blocked in `poll` (an eventfd).
+///
+/// `pending` spares the worker a `read` on every turn and the senders a `write` per command
+/// while a wake-up is already on its way.
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,
+    pending: AtomicBool,
 }
 
 impl Waker {
@@ -226,21 +231,32 @@ impl Waker {
         // SAFETY: fd is a fresh descriptor we own.
         Ok(Self {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: AtomicBool::new(false),
         })
     }
 
+    /// Call after queueing the command the worker is to see.
     pub fn wake(&self) {
+        if self.pending.swap(true, Ordering::SeqCst) {
+            return; // the fd is still readable, or the worker has yet to look at the queue
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd. A full counter (EAGAIN)
         // still leaves the fd readable, which is all a wake-up needs.
         unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// Resets the counter after a wake-up.
+    /// Resets the counter after a wake-up; call before looking at the command queue.
     pub fn drain(&self) {
+        if !self.pending.load(Ordering::SeqCst) {
+            return;
+        }
         let mut buf: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+        // Cleared only after the read: a wake() in between skipped its write, and its command
+        // is already queued, so the caller's look at the queue finds it.
+        self.pending.store(false, Ordering::SeqCst);
     }
 
     pub fn raw_fd(&self) -> RawFd {

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::demux::{DatagramKind, classify, stun_binding_local_ufrag};
 use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::Munger;
-use super::net::{BatchSocket, Datagrams, RealTime, wait};
+use super::net::{BATCH, BatchSocket, Datagrams, RealTime, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{DownTrack, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId};
 use super::stats::{Drop, WorkerStats};
@@ -190,6 +190,9 @@ impl<D: Datagrams> Worker<D> {
                         self.handle_datagram(now, from, bytes);
                     }
                     self.received = None;
+                    if n < BATCH {
+                        break; // drained: spare the call that would say so
+                    }
                 }
                 Err(err) => {
                     warn!(%err, "media socket read failed");
