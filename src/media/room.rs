@@ -38,6 +38,10 @@ macro_rules! id_type {
     };
 }
 
+/// A map keyed by our own ids (random or sequential numbers no client chooses): hashed with
+/// FxHash, which the forwarding loop's per-leg lookups can afford, unlike SipHash.
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<rustc_hash::FxHasher>>;
+
 id_type!(ParticipantId, "p-");
 id_type!(TrackId, "t-");
 
@@ -79,7 +83,7 @@ pub struct Participant {
     /// Tracks this participant publishes, by the publish connection's track id.
     pub published: HashMap<String, TrackId>,
     /// What this participant receives.
-    pub downtracks: HashMap<TrackId, DownTrack>,
+    pub downtracks: IdMap<TrackId, DownTrack>,
     /// A subscribe offer is out and not yet answered.
     pub offer_pending: bool,
     /// The wanted set of tracks changed while an offer was out.

@@ -30,7 +30,9 @@ use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::Munger;
 use super::net::{BATCH, BatchSocket, Datagrams, RealTime, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
-use super::room::{DownTrack, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId};
+use super::room::{
+    DownTrack, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId,
+};
 use super::stats::{Drop, WorkerStats};
 use crate::auth::random_token;
 use crate::bridge::{
@@ -76,12 +78,12 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     inbox: CommandInbox,
     /// Room life-cycle events for the call records.
     events: mpsc::Sender<MediaEvent>,
-    peers: HashMap<PeerId, Peer>,
+    peers: IdMap<PeerId, Peer>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
-    participants: HashMap<ParticipantId, Participant>,
+    participants: IdMap<ParticipantId, Participant>,
     rooms: HashMap<String, Room>,
-    tracks: HashMap<TrackId, Track>,
+    tracks: IdMap<TrackId, Track>,
     next_peer: u64,
     stats: WorkerStats,
     touched: Vec<PeerId>,
@@ -133,12 +135,12 @@ impl<D: Datagrams> Worker<D> {
             host,
             inbox,
             events,
-            peers: HashMap::new(),
+            peers: IdMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
-            participants: HashMap::new(),
+            participants: IdMap::default(),
             rooms: HashMap::new(),
-            tracks: HashMap::new(),
+            tracks: IdMap::default(),
             next_peer: 1,
             stats: WorkerStats::default(),
             touched: Vec::new(),
@@ -349,7 +351,7 @@ impl<D: Datagrams> Worker<D> {
             subscribe: None,
             sources: HashMap::new(),
             published: HashMap::new(),
-            downtracks: HashMap::new(),
+            downtracks: IdMap::default(),
             offer_pending: false,
             resync: false,
             joined_at: now,
