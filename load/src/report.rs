@@ -35,6 +35,11 @@ pub struct Report {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
+    /// What the server added, from its `switchboard_forwarding_delay_seconds` histogram over
+    /// the window (kernel receive timestamp to the send of the copies), interpolated within
+    /// its buckets.
+    pub server_delay_p50_ms: Option<f64>,
+    pub server_delay_p99_ms: Option<f64>,
     pub loss_pct: Option<f64>,
     pub first_frame_p50_ms: Option<f64>,
     pub first_frame_max_ms: Option<f64>,
@@ -50,6 +55,54 @@ pub struct Report {
     pub cpu_ns_per_client_net_rx: Option<f64>,
     pub load_before: String,
     pub load_after: String,
+}
+
+/// The cumulative buckets (upper bound in seconds, count) of a Prometheus histogram's growth
+/// between two samples, in order of bound; `+Inf` last.
+fn histogram_delta(before: &ServerSample, after: &ServerSample, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .metrics
+        .keys()
+        .filter_map(|key| {
+            let bound = key.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, delta(before, after, key)?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The `q` quantile of a cumulative histogram, linear within the bucket it falls in (as
+/// Prometheus's `histogram_quantile`); `None` if empty or if it falls in the `+Inf` bucket.
+fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return None;
+            }
+            let within = count - below;
+            let share = if within > 0.0 {
+                (rank - below) / within
+            } else {
+                1.0
+            };
+            return Some(lower + (bound - lower) * share);
+        }
+        (lower, below) = (bound, count);
+    }
+    None
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -179,6 +232,9 @@ impl Report {
             };
             r.cpu_ns_per_forwarded = (forwarded > 0.0).then(|| cpu * 1e9 / forwarded);
         }
+        let delays = histogram_delta(before, after, "switchboard_forwarding_delay_seconds");
+        r.server_delay_p50_ms = histogram_quantile(&delays, 0.5).map(|s| s * 1e3);
+        r.server_delay_p99_ms = histogram_quantile(&delays, 0.99).map(|s| s * 1e3);
         let participants = (args.rooms * args.participants) as f64;
         r.rss_kib = after.rss_kib;
         r.rss_idle_kib = idle.rss_kib;
@@ -216,6 +272,8 @@ impl Report {
             "latency_p50_ms": self.latency_p50_ms,
             "latency_p99_ms": self.latency_p99_ms,
             "latency_max_ms": self.latency_max_ms,
+            "server_delay_p50_ms": self.server_delay_p50_ms,
+            "server_delay_p99_ms": self.server_delay_p99_ms,
             "loss_pct": self.loss_pct,
             "first_frame_p50_ms": self.first_frame_p50_ms,
             "first_frame_max_ms": self.first_frame_max_ms,
@@ -327,6 +385,14 @@ impl Report {
                 f(self.latency_max_ms, 1)
             ),
         );
+        row(
+            "server-added delay p50 / p99 (ms)",
+            format!(
+                "{} / {}",
+                f(self.server_delay_p50_ms, 3),
+                f(self.server_delay_p99_ms, 3)
+            ),
+        );
         row("loss (%)", f(self.loss_pct, 3));
         row(
             "join to first video frame p50 / max (ms)",
@@ -351,5 +417,29 @@ impl Report {
             format!("{} / {}", self.load_before, self.load_after),
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates_within_the_bucket() {
+        // 100 observations: 50 up to 0.1 ms, 40 more up to 0.2 ms, 10 up to 1 ms.
+        let b = [
+            (0.0001, 50.0),
+            (0.0002, 90.0),
+            (0.001, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert!((histogram_quantile(&b, 0.5).unwrap() - 0.0001).abs() < 1e-12);
+        assert!((histogram_quantile(&b, 0.7).unwrap() - 0.00015).abs() < 1e-12);
+        assert!((histogram_quantile(&b, 0.99).unwrap() - 0.00092).abs() < 1e-12);
+        assert_eq!(histogram_quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
+        assert_eq!(
+            histogram_quantile(&[(0.001, 1.0), (f64::INFINITY, 10.0)], 0.99),
+            None
+        );
     }
 }
