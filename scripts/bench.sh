@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command for a whole benchmark session on this machine:
 #   1. builds the server and the load tool (release);
-#   2. runs the criterion micro-benches (munger, demux, per-leg rewrite+encrypt, raw baseline);
+#   2. runs the criterion benches: the media plane in process (one publisher to 1, 4 and 19
+#      legs, no sockets) and the micro-benches (munger, demux, per-leg rewrite+encrypt, raw
+#      baseline);
 #   3. runs switchboard-load against a server it starts on free loopback ports, for each
 #      configuration below, writing one JSON report per run to $OUT.
 # Usage: scripts/bench.sh [--quick] [--no-criterion]
@@ -48,7 +50,7 @@ cargo build --release -p switchboard-load
 
 if [ "$CRITERION" = 1 ]; then
   echo "== criterion micro-benches (uptime: $(uptime))" >&2
-  cargo bench --bench forwarding -- --warm-up-time 1 --measurement-time 3 2>&1 \
+  cargo bench --bench media_plane --bench forwarding -- --warm-up-time 1 --measurement-time 3 2>&1 \
     | tee "$OUT/criterion.txt" >&2
 fi
 
