@@ -48,8 +48,9 @@ impl Drop {
 }
 
 /// Upper bounds of latency histogram buckets, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 14] = [
-    10, 25, 50, 100, 150, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 50_000,
+pub const LATENCY_BUCKETS_US: [u64; 19] = [
+    10, 25, 50, 100, 150, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000,
+    20_000, 50_000, 100_000,
 ];
 
 /// A fixed-bucket latency histogram (loop turns, store writes); cumulative on export.
@@ -128,12 +129,12 @@ mod tests {
         h.observe(Duration::from_micros(10));
         h.observe(Duration::from_micros(25));
         h.observe(Duration::from_micros(26));
-        h.observe(Duration::from_millis(51));
+        h.observe(Duration::from_millis(101));
         assert_eq!(h.buckets[0], 1);
         assert_eq!(h.buckets[1], 1);
         assert_eq!(h.buckets[2], 1);
         assert_eq!(h.buckets[LATENCY_BUCKETS_US.len()], 1);
         assert_eq!(h.count, 4);
-        assert_eq!(h.sum_ns, 51_061_000);
+        assert_eq!(h.sum_ns, 101_061_000);
     }
 }

@@ -1632,7 +1632,9 @@ impl<D: Datagrams> Worker<D> {
     // ---- output -------------------------------------------------------------------------
 
     fn flush(&mut self) {
-        for id in std::mem::take(&mut self.touched) {
+        // Taken and given back, so its allocation is reused (nothing touches a peer in here).
+        let mut touched = std::mem::take(&mut self.touched);
+        for id in touched.drain(..) {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
@@ -1649,6 +1651,7 @@ impl<D: Datagrams> Worker<D> {
                     .sum::<u64>();
             }
         }
+        self.touched = touched;
         if self.outbox.is_empty() {
             return;
         }
