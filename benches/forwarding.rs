@@ -31,7 +31,7 @@ use rtc::srtp::protection_profile::ProtectionProfile;
 use switchboard::media::demux::{classify, stun_binding_local_ufrag};
 use switchboard::media::keyframe::{VideoCodec, is_keyframe};
 use switchboard::media::munger::Munger;
-use switchboard::media::net::{BATCH, BatchSocket, wait};
+use switchboard::media::net::{BATCH, BatchSocket, thread_cpu_time, wait};
 
 /// Size on the wire of a full video packet of a ~1 Mbit/s VP8 stream (before SRTP's tag).
 const VIDEO_PACKET: usize = 1100;
@@ -89,16 +89,6 @@ fn binding_request() -> Vec<u8> {
     msg.extend_from_slice(&[3; 12]);
     msg.extend_from_slice(&body);
     msg
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn munger(c: &mut Criterion) {

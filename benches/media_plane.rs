@@ -48,7 +48,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use switchboard::bridge::{Command, JoinRequest, MediaHandle, channel};
 use switchboard::media::Worker;
 use switchboard::media::demux::{DatagramKind, classify};
-use switchboard::media::net::{BATCH, MemoryDatagrams};
+use switchboard::media::net::{BATCH, MemoryDatagrams, thread_cpu_time};
 use switchboard::signal::protocol::{ServerMessage, TrackSource};
 use tokio::sync::{mpsc, oneshot};
 
@@ -445,16 +445,6 @@ fn offer_mid(sdp: &str) -> String {
         .expect("the offer has a mid")
         .trim()
         .to_owned()
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn legs(c: &mut Criterion) {

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
-use switchboard::media::net::{BATCH, BatchSocket, wait};
+use switchboard::media::net::{BATCH, BatchSocket, thread_cpu_time, wait};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Baseline {
@@ -23,16 +23,6 @@ pub struct Baseline {
     pub packets: u64,
     pub refused: u64,
     pub average_bytes: f64,
-}
-
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Sends packets of the sizes in `mix` (RTP size before SRTP, share of packets) for `secs`.

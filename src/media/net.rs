@@ -93,6 +93,18 @@ impl RealTime {
     }
 }
 
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): what the benches and the load
+/// tool's baseline charge per packet.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Room for one `SCM_TIMESTAMPNS` control message (a `cmsghdr` and a `timespec`, aligned).
 const CONTROL_LEN: usize = 64;
 
