@@ -215,12 +215,12 @@ export async function joinAll(browser, base, room, names) {
 }
 
 /**
- * Frames decoded per remote participant's camera, read from the subscribe connection's
- * getStats() (inbound-rtp, kind video), matched to participants by transceiver mid.
- * @returns {Promise<Record<string, number>>} participant id → framesDecoded
+ * Sums of inbound-rtp `fields` per remote participant, from the subscribe connection's
+ * getStats() (streams of `kind` whose transceiver mid carries `source`).
+ * @returns {Promise<Record<string, Record<string, number>>>} participant id → field → sum
  */
-export function decodedByParticipant(page, source = 'camera') {
-  return page.evaluate(async (source) => {
+function inboundByParticipant(page, kind, source, fields) {
+  return page.evaluate(async ({ kind, source, fields }) => {
     const sb = window.switchboard;
     const pc = sb.pcs.subscribe;
     if (!pc) return {};
@@ -228,7 +228,7 @@ export function decodedByParticipant(page, source = 'camera') {
     const report = await pc.getStats();
     const out = {};
     report.forEach((s) => {
-      if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+      if (s.type !== 'inbound-rtp' || s.kind !== kind) return;
       let mid = s.mid;
       if (mid === undefined) {
         const tr = pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.id === s.trackIdentifier);
@@ -236,41 +236,30 @@ export function decodedByParticipant(page, source = 'camera') {
       }
       const info = call.midMap.get(String(mid));
       if (!info || info.source !== source) return;
-      out[info.participant_id] = (out[info.participant_id] || 0) + (s.framesDecoded || 0);
-    });
-    return out;
-  }, source);
-}
-
-/**
- * Received audio per remote participant's microphone, from the subscribe connection's
- * getStats() (inbound-rtp, kind audio), matched to participants by transceiver mid.
- * @returns {Promise<Record<string, {packetsReceived: number, totalSamplesReceived: number}>>}
- */
-export function audioByParticipant(page) {
-  return page.evaluate(async () => {
-    const sb = window.switchboard;
-    const pc = sb.pcs.subscribe;
-    if (!pc) return {};
-    const call = sb.call;
-    const report = await pc.getStats();
-    const out = {};
-    report.forEach((s) => {
-      if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;
-      let mid = s.mid;
-      if (mid === undefined) {
-        const tr = pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.id === s.trackIdentifier);
-        mid = tr && tr.mid;
-      }
-      const info = call.midMap.get(String(mid));
-      if (!info || info.source !== 'microphone') return;
-      const o = out[info.participant_id] || { packetsReceived: 0, totalSamplesReceived: 0 };
-      o.packetsReceived += s.packetsReceived || 0;
-      o.totalSamplesReceived += s.totalSamplesReceived || 0;
+      const o = out[info.participant_id] || Object.fromEntries(fields.map((f) => [f, 0]));
+      for (const f of fields) o[f] += s[f] || 0;
       out[info.participant_id] = o;
     });
     return out;
-  });
+  }, { kind, source, fields });
+}
+
+/**
+ * Frames decoded per remote participant's camera (or `source`), matched to participants by
+ * transceiver mid.
+ * @returns {Promise<Record<string, number>>} participant id → framesDecoded
+ */
+export async function decodedByParticipant(page, source = 'camera') {
+  const sums = await inboundByParticipant(page, 'video', source, ['framesDecoded']);
+  return Object.fromEntries(Object.entries(sums).map(([pid, o]) => [pid, o.framesDecoded]));
+}
+
+/**
+ * Received audio per remote participant's microphone, matched to participants by mid.
+ * @returns {Promise<Record<string, {packetsReceived: number, totalSamplesReceived: number}>>}
+ */
+export function audioByParticipant(page) {
+  return inboundByParticipant(page, 'audio', 'microphone', ['packetsReceived', 'totalSamplesReceived']);
 }
 
 /**
