@@ -41,8 +41,13 @@ isolated() {
   fi
 }
 
-echo "==> unit and integration tests"
-isolated cargo test --release --locked --offline
+echo "==> unit and integration tests (server and load tool)"
+isolated cargo test --release --locked --offline --workspace
+
+# The benches measure, they do not judge; running each once (criterion's --test) keeps them
+# working, including the in-process media plane with its own check that every leg forwards.
+echo "==> benches, once each"
+isolated cargo bench --locked --offline --bench media_plane --bench forwarding -- --test
 
 echo "==> browser tests (headless Chromium and Firefox)"
 SWITCHBOARD_BIN="$PWD/target/release/switchboard" isolated node --test --test-concurrency=1 tests/browser/
