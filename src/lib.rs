@@ -16,7 +16,8 @@
 //! timer. Each turn drains commands, reads datagrams in batches (`recvmmsg`), routes each to a
 //! peer (by source address, or by the STUN USERNAME for a new address), forwards RTP to every
 //! down-track, runs due timers, and sends everything the touched peers produced in one batch
-//! (`sendmmsg`). Every function there takes `now: Instant`.
+//! (`sendmmsg`, each run of datagrams to one peer as one UDP GSO send). Every function there
+//! takes `now: Instant`.
 //!
 //! ## Errors and panics
 //!

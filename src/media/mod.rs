@@ -9,7 +9,8 @@
 //!    header rewritten per leg), RTCP keyframe requests go upstream (throttled), events update
 //!    the room;
 //! 4. peers whose timers are due get `handle_timeout`;
-//! 5. every touched peer's `poll_write` is drained into one batched send.
+//! 5. every touched peer's `poll_write` is drained into one batched send (`sendmmsg`, with each
+//!    run of datagrams to one peer as one UDP GSO message).
 
 pub mod demux;
 pub mod keyframe;
