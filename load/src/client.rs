@@ -162,6 +162,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Counts a participant as joined, `since` being when it started joining.
+    pub fn record_join(&self, since: Instant) {
+        self.joined.fetch_add(1, Ordering::Relaxed);
+        self.join_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(since.elapsed());
+    }
+
     pub fn new(media: Media, nack: bool, bind_ip: IpAddr) -> Self {
         LazyLock::force(&EPOCH);
         Self {
@@ -649,12 +658,7 @@ impl Participant {
                 }
             });
         }
-        shared.joined.fetch_add(1, Ordering::Relaxed);
-        shared
-            .join_times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(joined_at.elapsed());
+        shared.record_join(joined_at);
         Ok(Self {
             stop,
             publish: outgoing.pc,

@@ -384,12 +384,7 @@ impl Participant {
             feed_rx,
         ));
 
-        shared.joined.fetch_add(1, Ordering::Relaxed);
-        shared
-            .join_times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(joined_at.elapsed());
+        shared.record_join(joined_at);
         Ok(Self {
             stop,
             session,
