@@ -34,7 +34,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
@@ -49,6 +48,7 @@ use switchboard::bridge::{Command, JoinRequest, MediaHandle, channel};
 use switchboard::media::Worker;
 use switchboard::media::demux::{DatagramKind, classify};
 use switchboard::media::net::{BATCH, MemoryDatagrams, thread_cpu_time};
+use switchboard::media::peer::add_host_candidate;
 use switchboard::signal::protocol::{ServerMessage, TrackSource};
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,24 +78,7 @@ impl Client {
             .with_media_engine(media)
             .build(Instant::now())
             .expect("client peer builds");
-        let host = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .expect("host candidate");
-        pc.add_local_candidate(
-            RTCIceCandidate::from(&host)
-                .to_json()
-                .expect("candidate json"),
-        )
-        .expect("local candidate");
+        add_host_candidate(&mut pc, addr).expect("host candidate");
         Self {
             pc,
             addr,

@@ -74,13 +74,7 @@ pub struct RealTime(pub u64);
 
 impl RealTime {
     pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid out-pointer for the call.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        Self::from_timespec(&ts)
+        Self::from_timespec(&clock_now(libc::CLOCK_REALTIME))
     }
 
     fn from_timespec(ts: &libc::timespec) -> Self {
@@ -96,13 +90,18 @@ impl RealTime {
 /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): what the benches and the load
 /// tool's baseline charge per packet.
 pub fn thread_cpu_time() -> std::time::Duration {
+    let ts = clock_now(libc::CLOCK_THREAD_CPUTIME_ID);
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn clock_now(clock: libc::clockid_t) -> libc::timespec {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid clock id and a pointer to a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts
 }
 
 /// `UDP_SEGMENT` (linux/udp.h), not in every libc target's constants.

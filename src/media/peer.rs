@@ -235,20 +235,25 @@ pub fn build(
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .build(now)?;
+    add_host_candidate(&mut pc, host)?;
+    Ok(pc)
+}
 
+/// Gives `pc` its one local candidate: a UDP host candidate at `addr` (sans-I/O peers gather
+/// none of their own).
+pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<(), Error> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
-            address: host.ip().to_string(),
-            port: host.port(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
             component: 1,
             ..Default::default()
         },
         ..Default::default()
     }
     .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    Ok(pc)
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)
 }
 
 /// Marks inbound feedback for delivery to the application (the SFU relays keyframe requests and
