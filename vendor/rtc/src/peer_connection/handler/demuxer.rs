@@ -116,23 +116,8 @@ impl<'a>
     }
 
     fn handle_write(&mut self, msg: TaggedRTCMessageInternal) -> Result<(), Self::Error> {
-        match msg.message {
-            RTCMessageInternal::Raw(message)
-            | RTCMessageInternal::Stun(STUNMessage::Raw(message))
-            | RTCMessageInternal::Dtls(DTLSMessage::Raw(message))
-            | RTCMessageInternal::Rtp(RTPMessage::Raw(message)) => {
-                // Update transport stats for sent packet
-                self.stats.transport.on_packet_sent(message.len());
-
-                self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
-                    now: msg.now,
-                    transport: msg.transport,
-                    message: RTCMessageInternal::Raw(message),
-                });
-            }
-            _ => {
-                debug!("drop non-RAW packet {:?}", msg.message);
-            }
+        if let Some(msg) = self.to_raw(msg) {
+            self.ctx.write_outs.push_back(msg);
         }
         Ok(())
     }
@@ -160,5 +145,35 @@ impl<'a>
 
     fn close(&mut self) -> Result<(), Self::Error> {
         Ok(())
+    }
+}
+
+impl DemuxerHandler<'_> {
+    /// What `handle_write` queues for `msg`: its datagram, counted in the transport's
+    /// statistics, or nothing for a message that is not one. (Switchboard patch: split out of
+    /// `handle_write` for `write_rtp_direct`.)
+    pub(crate) fn to_raw(
+        &mut self,
+        msg: TaggedRTCMessageInternal,
+    ) -> Option<TaggedRTCMessageInternal> {
+        match msg.message {
+            RTCMessageInternal::Raw(message)
+            | RTCMessageInternal::Stun(STUNMessage::Raw(message))
+            | RTCMessageInternal::Dtls(DTLSMessage::Raw(message))
+            | RTCMessageInternal::Rtp(RTPMessage::Raw(message)) => {
+                // Update transport stats for sent packet
+                self.stats.transport.on_packet_sent(message.len());
+
+                Some(TaggedRTCMessageInternal {
+                    now: msg.now,
+                    transport: msg.transport,
+                    message: RTCMessageInternal::Raw(message),
+                })
+            }
+            _ => {
+                debug!("drop non-RAW packet {:?}", msg.message);
+                None
+            }
+        }
     }
 }

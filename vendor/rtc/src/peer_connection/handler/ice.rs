@@ -113,39 +113,10 @@ impl<'a>
         self.ctx.read_outs.pop_front()
     }
 
-    fn handle_write(&mut self, mut msg: TaggedRTCMessageInternal) -> Result<()> {
-        if let Some((local, remote)) = self.ctx.ice_transport.agent.get_selected_candidate_pair() {
-            // use ICE selected candidate pair to replace local/peer addr and
-            // transport protocol: DTLS/SCTP endpoints run on placeholder
-            // transport contexts, so without the protocol rewrite their
-            // transmits stay stamped UDP even when the selected pair is TCP,
-            // and consumers routing poll_write() output by transport_protocol
-            // send every non-STUN packet down the wrong transport.
-            // Use the local candidate's base address: for (server/peer-)
-            // reflexive candidates the candidate address is the NAT mapping,
-            // not a bound local socket (RFC 8445 §5.1.1).
-            msg.transport.local_addr = local.base_addr();
-            msg.transport.peer_addr = remote.addr();
-            msg.transport.transport_protocol = local.network_type().to_protocol();
-            debug!("Bypass ice write {:?}", msg.transport.peer_addr);
-
-            // Track packets/bytes sent on the selected candidate pair. Look the
-            // accumulator up via the cached key to avoid allocating it per packet.
-            let bytes = msg.message.len();
-            if let Some(key) = &self.ctx.selected_pair_key
-                && let Some(pair) = self.stats.ice_candidate_pairs.get_mut(key)
-            {
-                pair.on_packet_sent(bytes, msg.now);
-            }
-
+    fn handle_write(&mut self, msg: TaggedRTCMessageInternal) -> Result<()> {
+        if let Some(msg) = self.route(msg) {
             self.ctx.write_outs.push_back(msg);
-        } else {
-            trace!(
-                "drop message from {:?} to {:?} before ICE connection is connected",
-                msg.transport.local_addr, msg.transport.peer_addr,
-            );
         }
-
         Ok(())
     }
 
@@ -237,5 +208,48 @@ impl<'a>
 
     fn close(&mut self) -> Result<()> {
         self.ctx.ice_transport.agent.close()
+    }
+}
+
+impl IceHandler<'_> {
+    /// What `handle_write` queues for `msg`: addressed to the selected candidate pair, or
+    /// nothing before there is one. (Switchboard patch: split out of `handle_write` for
+    /// `write_rtp_direct`.)
+    pub(crate) fn route(
+        &mut self,
+        mut msg: TaggedRTCMessageInternal,
+    ) -> Option<TaggedRTCMessageInternal> {
+        if let Some((local, remote)) = self.ctx.ice_transport.agent.get_selected_candidate_pair() {
+            // use ICE selected candidate pair to replace local/peer addr and
+            // transport protocol: DTLS/SCTP endpoints run on placeholder
+            // transport contexts, so without the protocol rewrite their
+            // transmits stay stamped UDP even when the selected pair is TCP,
+            // and consumers routing poll_write() output by transport_protocol
+            // send every non-STUN packet down the wrong transport.
+            // Use the local candidate's base address: for (server/peer-)
+            // reflexive candidates the candidate address is the NAT mapping,
+            // not a bound local socket (RFC 8445 §5.1.1).
+            msg.transport.local_addr = local.base_addr();
+            msg.transport.peer_addr = remote.addr();
+            msg.transport.transport_protocol = local.network_type().to_protocol();
+            debug!("Bypass ice write {:?}", msg.transport.peer_addr);
+
+            // Track packets/bytes sent on the selected candidate pair. Look the
+            // accumulator up via the cached key to avoid allocating it per packet.
+            let bytes = msg.message.len();
+            if let Some(key) = &self.ctx.selected_pair_key
+                && let Some(pair) = self.stats.ice_candidate_pairs.get_mut(key)
+            {
+                pair.on_packet_sent(bytes, msg.now);
+            }
+
+            Some(msg)
+        } else {
+            trace!(
+                "drop message from {:?} to {:?} before ICE connection is connected",
+                msg.transport.local_addr, msg.transport.peer_addr,
+            );
+            None
+        }
     }
 }

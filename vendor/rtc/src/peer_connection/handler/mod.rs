@@ -256,6 +256,70 @@ impl RTCPeerConnection {
 
     /// Runs every handler's pending writes down the pipeline into `write_outs`, where
     /// [`poll_write`](sansio::Protocol::poll_write) hands them out.
+    /// Writes one RTP packet of the application through the handlers that act on it:
+    /// interceptors, SRTP, ICE and the demuxer's statistics. The endpoint, data-channel, SCTP
+    /// and DTLS handlers only pass RTP on, so it skips their queues, and it hands each message
+    /// straight to the next handler instead of collecting a stage's output first. The datagrams
+    /// it produces, their order and every statistic are those of `handle_write` followed by
+    /// `flush_writes`; before the DTLS handshake completes it is exactly that path.
+    ///
+    /// Whatever the pipeline already holds goes out first (one `flush_writes`, which costs
+    /// little when the queues are empty): the DTLS handler may still hold the last flight of
+    /// the handshake, and SRTP that overtook it would reach a peer without its keys yet.
+    ///
+    /// Switchboard patch (vendor/rtc/SWITCHBOARD.md): each pass through a handler moves the
+    /// whole message in and out of a queue, and an SFU writes every forwarded packet once per
+    /// subscriber.
+    pub(crate) fn write_rtp_direct(&mut self, now: Instant, packet: rtp::Packet) -> Result<(), Error> {
+        use sansio::Protocol;
+
+        self.pipeline_context.observe(now);
+        let msg = TaggedRTCMessageInternal {
+            now,
+            transport: Default::default(),
+            message: RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtp(packet))),
+        };
+        if !self
+            .pipeline_context
+            .interceptor_handler_context
+            .is_dtls_handshake_complete
+        {
+            return self.get_endpoint_handler().handle_write(msg);
+        }
+        self.flush_writes();
+        // What the skipped data-channel handler records of every write.
+        self.pipeline_context
+            .datachannel_handler_context
+            .observe(now);
+
+        self.get_interceptor_handler().handle_write(msg)?;
+        while let Some(msg) = self.get_interceptor_handler().poll_write() {
+            let msg = match self.get_srtp_handler().encrypt(msg) {
+                Ok(msg) => msg,
+                Err(err) => {
+                    warn!("SrtpHandler.handle_write got error: {}", err);
+                    continue;
+                }
+            };
+            let Some(msg) = self.get_ice_handler().route(msg) else {
+                continue;
+            };
+            if let Some(TaggedRTCMessageInternal {
+                now,
+                transport,
+                message: RTCMessageInternal::Raw(message),
+            }) = self.get_demuxer_handler().to_raw(msg)
+            {
+                self.pipeline_context.write_outs.push_back(TaggedBytesMut {
+                    now,
+                    transport,
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn flush_writes(&mut self) {
         use sansio::Protocol;
 

@@ -104,6 +104,51 @@ impl<'a>
     }
 
     fn handle_write(&mut self, msg: TaggedRTCMessageInternal) -> Result<()> {
+        let msg = self.encrypt(msg)?;
+        self.ctx.write_outs.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.ctx.write_outs.pop_front()
+    }
+
+    fn handle_event(&mut self, mut evt: TaggedRTCEventInternal) -> Result<()> {
+        if let RTCEventInternal::DTLSHandshakeComplete(local_srtp_context, remote_srtp_context) =
+            &mut evt.event
+        {
+            debug!("srtp recv dtls handshake complete");
+
+            self.ctx.local_srtp_context = local_srtp_context.take();
+            self.ctx.remote_srtp_context = remote_srtp_context.take()
+        }
+
+        self.ctx.event_outs.push_back(evt);
+
+        Ok(())
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Eout> {
+        self.ctx.event_outs.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<()> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl SrtpHandler<'_> {
+    /// What `handle_write` queues for `msg`: RTP and RTCP encrypted, anything else unchanged.
+    /// (Switchboard patch: split out of `handle_write` for `write_rtp_direct`.)
+    pub(crate) fn encrypt(&mut self, msg: TaggedRTCMessageInternal) -> Result<TaggedRTCMessageInternal> {
         if let RTCMessageInternal::Rtp(message) = msg.message {
             debug!("srtp write {:?}", msg.transport.peer_addr);
 
@@ -151,51 +196,16 @@ impl<'a>
                 }
             };
 
-            self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
+            Ok(TaggedRTCMessageInternal {
                 now: msg.now,
                 transport: msg.transport,
                 message: RTCMessageInternal::Rtp(RTPMessage::Raw(encrypted)),
-            });
+            })
         } else {
             // Bypass
             debug!("Bypass srtp write {:?}", msg.transport.peer_addr);
-            self.ctx.write_outs.push_back(msg);
+            Ok(msg)
         }
-        Ok(())
     }
 
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.ctx.write_outs.pop_front()
-    }
-
-    fn handle_event(&mut self, mut evt: TaggedRTCEventInternal) -> Result<()> {
-        if let RTCEventInternal::DTLSHandshakeComplete(local_srtp_context, remote_srtp_context) =
-            &mut evt.event
-        {
-            debug!("srtp recv dtls handshake complete");
-
-            self.ctx.local_srtp_context = local_srtp_context.take();
-            self.ctx.remote_srtp_context = remote_srtp_context.take()
-        }
-
-        self.ctx.event_outs.push_back(evt);
-
-        Ok(())
-    }
-
-    fn poll_event(&mut self) -> Option<Self::Eout> {
-        self.ctx.event_outs.pop_front()
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) -> Result<()> {
-        Ok(())
-    }
-
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        None
-    }
-
-    fn close(&mut self) -> Result<()> {
-        Ok(())
-    }
 }

@@ -466,11 +466,9 @@ impl RTCRtpSender<'_> {
             return Err(Error::ErrHeaderExtensionNotFound);
         }
 
-        let track_id = sender.track().track_id().to_string();
-        self.peer_connection.handle_write(TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(track_id, packet),
-        })
+        // Switchboard patch (vendor/rtc/SWITCHBOARD.md): straight through the handlers that act
+        // on RTP, rather than `handle_write` and the whole pipeline at the next `poll_write`.
+        self.peer_connection.write_rtp_direct(now, packet)
     }
 
     /// Writes RTCP packets to the network.
