@@ -70,10 +70,23 @@ pub struct Media {
     pub delta_packets: usize,
     pub delta_last: usize,
     pub keyframe_interval: Duration,
+    /// Video pacing rate, bytes per second; `None` sends each frame as one burst.
+    pub pace_bytes_per_s: Option<f64>,
+    /// Every publisher's audio and video clocks start at its join, rather than at a random
+    /// phase within the first frame interval.
+    pub aligned_clocks: bool,
 }
 
 impl Media {
-    pub fn new(video_kbps: u32, fps: u32, keyframe_secs: u64) -> Self {
+    /// `pacing`: the video pacing rate as a multiple of `video_kbps` (libwebrtc's pacer uses
+    /// 2.5); 0 for none.
+    pub fn new(
+        video_kbps: u32,
+        fps: u32,
+        keyframe_secs: u64,
+        pacing: f64,
+        aligned_clocks: bool,
+    ) -> Self {
         let fps = fps.max(1);
         let frame_bytes = (video_kbps as usize * 1000 / 8 / fps as usize).max(TRAILER + 2);
         let delta_packets = frame_bytes.div_ceil(MAX_PAYLOAD);
@@ -83,7 +96,28 @@ impl Media {
             delta_packets,
             delta_last: delta_last.max(TRAILER + 2),
             keyframe_interval: Duration::from_secs(keyframe_secs.max(1)),
+            pace_bytes_per_s: (pacing > 0.0).then(|| pacing * f64::from(video_kbps) * 1000.0 / 8.0),
+            aligned_clocks,
         }
+    }
+
+    /// When a publisher's media clock with this `period` starts: now, or (without
+    /// `aligned_clocks`) at a random phase within one period. Real senders' capture clocks are
+    /// independent; a run whose publishers joined a multiple of the frame interval apart would
+    /// otherwise have every publisher send its frame at the same instant.
+    fn clock_start(&self, period: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        if self.aligned_clocks {
+            now
+        } else {
+            now + period.mul_f64(rand::random::<f64>())
+        }
+    }
+
+    /// How long a video packet of `bytes` occupies the pacer.
+    fn pace(&self, bytes: usize) -> Option<Duration> {
+        self.pace_bytes_per_s
+            .map(|rate| Duration::from_secs_f64(bytes as f64 / rate))
     }
 
     /// RTP packet sizes (before SRTP) and their share of one publisher's packets:
@@ -724,7 +758,8 @@ fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, payload: Vec<u8>) -> 
 async fn send_audio(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let ssrc = ssrc_of(&track).await;
     let (mut seq, mut ts): (u16, u32) = (rand::random(), rand::random());
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let period = Duration::from_millis(20);
+    let mut tick = tokio::time::interval_at(shared.media.clock_start(period), period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
@@ -743,7 +778,10 @@ async fn send_audio(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: 
 }
 
 /// VP8 at `media.fps`: delta frames of `delta_packets`, a keyframe of `KEYFRAME_PACKETS` full
-/// packets at the start, every `keyframe_interval` and on every PLI.
+/// packets at the start, every `keyframe_interval` and on every PLI. With pacing, as in
+/// libwebrtc's pacer, a packet leaves once the previous one's bytes have drained at the pacing
+/// rate, so a keyframe spreads over the following frame intervals and the next frames queue
+/// behind it.
 async fn send_video(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let media = shared.media;
     let ssrc = ssrc_of(&track).await;
@@ -768,8 +806,11 @@ async fn send_video(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: 
     }
     let (mut seq, mut ts): (u16, u32) = (rand::random(), rand::random());
     let mut last_key: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / media.fps);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = Duration::from_secs(1) / media.fps;
+    let mut tick = tokio::time::interval_at(media.clock_start(period), period);
+    // A frame that waits for the pacer is still captured on time.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pacer_free = tokio::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let due = last_key.is_none_or(|t| t.elapsed() >= media.keyframe_interval);
@@ -788,6 +829,12 @@ async fn send_video(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: 
         };
         let n = sizes.len();
         for (i, size) in sizes.into_iter().enumerate() {
+            if let Some(drain) = media.pace(size + RTP_HEADER) {
+                if pacer_free > tokio::time::Instant::now() {
+                    tokio::time::sleep_until(pacer_free).await;
+                }
+                pacer_free = pacer_free.max(tokio::time::Instant::now()) + drain;
+            }
             let mut payload = vec![0xab; size];
             // RFC 7741 descriptor: S=1 on the first packet of a frame; then the frame tag,
             // P=0 on keyframes (what the server's keyframe detector reads).
@@ -824,11 +871,20 @@ mod tests {
 
     #[test]
     fn one_megabit_video_is_four_packets_a_frame() {
-        let m = Media::new(1000, 30, 3);
+        let m = Media::new(1000, 30, 3, 0.0, false);
+        assert_eq!(m.pace(1200), None);
         assert_eq!(m.delta_packets, 4);
         let mix = m.packet_mix();
         let share: f64 = mix.iter().map(|m| m.1).sum();
         assert!((share - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pacing_drains_at_a_multiple_of_the_video_rate() {
+        // 2.5 × 1 Mbit/s is 312 500 bytes/s: a 1200-byte packet takes 3.84 ms, a keyframe of
+        // 15 of them 58 ms.
+        let m = Media::new(1000, 30, 3, 2.5, false);
+        assert_eq!(m.pace(1200), Some(Duration::from_micros(3840)));
     }
 
     #[test]

@@ -107,6 +107,15 @@ pub struct Args {
     /// Seconds a keyframe (15 full packets) is sent every; publishers also answer PLIs.
     #[arg(long, default_value_t = 3)]
     keyframe_interval: u64,
+    /// Video pacing rate as a multiple of --video-kbps, as libwebrtc paces at 2.5× its target
+    /// rate; 0 sends each frame as one burst.
+    #[arg(long, default_value_t = 2.5)]
+    pacing: f64,
+    /// Start every publisher's audio and video clocks at its join instead of at a random phase.
+    /// With the default 100 ms between joins (three 30 fps frame intervals, five 20 ms audio
+    /// intervals) every publisher then sends at the same instant: the worst case for queueing.
+    #[arg(long)]
+    aligned_clocks: bool,
     /// Milliseconds between two joins in the same room.
     #[arg(long, default_value_t = 100)]
     join_stagger_ms: u64,
@@ -171,7 +180,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         (None, Some(bin)) => Server::spawn(bin, &args.server_args).await?,
         (None, None) => Server::attach(&args.server, args.server_pid)?,
     };
-    let media = Media::new(args.video_kbps, args.fps, args.keyframe_interval);
+    let media = Media::new(
+        args.video_kbps,
+        args.fps,
+        args.keyframe_interval,
+        args.pacing,
+        args.aligned_clocks,
+    );
     let shared = Arc::new(Shared::new(media, !args.no_nack, args.client_ip));
     let load_before = report::loadavg();
     let idle = server.sample().await?;

@@ -15,6 +15,10 @@ pub struct Report {
     pub target: &'static str,
     pub rooms: usize,
     pub participants_per_room: usize,
+    /// Video pacing as a multiple of the video rate (0: none), and whether the publishers'
+    /// media clocks were aligned.
+    pub pacing: f64,
+    pub aligned_clocks: bool,
     pub duration_s: f64,
     pub video_pairs_flowing: usize,
     pub video_pairs: usize,
@@ -140,6 +144,8 @@ impl Report {
             target: args.target.name(),
             rooms: args.rooms,
             participants_per_room: args.participants,
+            pacing: args.pacing,
+            aligned_clocks: args.aligned_clocks,
             duration_s: secs,
             video_pairs_flowing: flowing,
             video_pairs: pairs,
@@ -253,6 +259,8 @@ impl Report {
             "target": self.target,
             "rooms": self.rooms,
             "participants_per_room": self.participants_per_room,
+            "pacing": self.pacing,
+            "aligned_clocks": self.aligned_clocks,
             "duration_s": self.duration_s,
             "video_pairs_flowing": self.video_pairs_flowing,
             "video_pairs": self.video_pairs,
@@ -307,6 +315,18 @@ impl Report {
         row(
             "rooms × participants",
             format!("{} × {}", self.rooms, self.participants_per_room),
+        );
+        row(
+            "publishers' pacing, clocks",
+            format!(
+                "{}, {}",
+                if self.pacing > 0.0 {
+                    format!("{}× the video rate", self.pacing)
+                } else {
+                    "none (frame bursts)".to_owned()
+                },
+                if self.aligned_clocks { "aligned" } else { "random phase" },
+            ),
         );
         row("measured for (s)", format!("{:.1}", self.duration_s));
         row(
