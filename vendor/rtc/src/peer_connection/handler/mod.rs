@@ -270,7 +270,11 @@ impl RTCPeerConnection {
     /// Switchboard patch (vendor/rtc/SWITCHBOARD.md): each pass through a handler moves the
     /// whole message in and out of a queue, and an SFU writes every forwarded packet once per
     /// subscriber.
-    pub(crate) fn write_rtp_direct(&mut self, now: Instant, packet: rtp::Packet) -> Result<(), Error> {
+    pub(crate) fn write_rtp_direct(
+        &mut self,
+        now: Instant,
+        packet: rtp::Packet,
+    ) -> Result<(), Error> {
         use sansio::Protocol;
 
         self.pipeline_context.observe(now);

@@ -148,7 +148,10 @@ impl<'a>
 impl SrtpHandler<'_> {
     /// What `handle_write` queues for `msg`: RTP and RTCP encrypted, anything else unchanged.
     /// (Switchboard patch: split out of `handle_write` for `write_rtp_direct`.)
-    pub(crate) fn encrypt(&mut self, msg: TaggedRTCMessageInternal) -> Result<TaggedRTCMessageInternal> {
+    pub(crate) fn encrypt(
+        &mut self,
+        msg: TaggedRTCMessageInternal,
+    ) -> Result<TaggedRTCMessageInternal> {
         if let RTCMessageInternal::Rtp(message) = msg.message {
             debug!("srtp write {:?}", msg.transport.peer_addr);
 
@@ -207,5 +210,4 @@ impl SrtpHandler<'_> {
             Ok(msg)
         }
     }
-
 }
