@@ -325,7 +325,11 @@ impl Report {
                 } else {
                     "none (frame bursts)".to_owned()
                 },
-                if self.aligned_clocks { "aligned" } else { "random phase" },
+                if self.aligned_clocks {
+                    "aligned"
+                } else {
+                    "random phase"
+                },
             ),
         );
         row("measured for (s)", format!("{:.1}", self.duration_s));
