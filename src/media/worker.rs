@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
-use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -1375,14 +1375,16 @@ impl<D: Datagrams> Worker<D> {
             out.header.timestamp = rewrite.timestamp;
             out.header.payload_type = out_pt;
             remap_extensions(&mut out.header, &track.ext_in, &dt.ext_out);
-            // Through the leg's sender: it checks the payload type and the header extensions
-            // against what the leg negotiated, and in our `rtc` (vendor/rtc/SWITCHBOARD.md)
-            // takes the packet straight through the interceptors, SRTP and ICE.
-            let written = peer
+            // Not through `RTCRtpSender::write_rtp`: its per-packet checks of the payload type
+            // and extensions repeat what `out_pt` and `ext_out` were derived from. Our `rtc`
+            // takes the packet straight through the interceptors, SRTP and ICE
+            // (vendor/rtc/SWITCHBOARD.md).
+            let message = RTCMessage::RtpPacket(dt.rtc_track_id.clone(), out);
+            if peer
                 .pc
-                .rtp_sender(dt.sender_id)
-                .map(|mut sender| sender.write_rtp(now, out));
-            if !matches!(written, Some(Ok(()))) {
+                .handle_write(TaggedRTCMessage { now, message })
+                .is_err()
+            {
                 self.stats.drop(Drop::WriteFailed);
                 continue;
             }

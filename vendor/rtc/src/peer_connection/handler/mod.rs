@@ -508,7 +508,8 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
                 }))
             }
             RTCMessage::RtpPacket(_track_id, rtp_packet) => {
-                RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtp(rtp_packet)))
+                // Switchboard patch (vendor/rtc/SWITCHBOARD.md).
+                return self.write_rtp_direct(now, rtp_packet);
             }
             RTCMessage::RtcpPacket(_track_id, rtcp_packet) => {
                 RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtcp(rtcp_packet)))
