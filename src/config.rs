@@ -74,6 +74,14 @@ pub struct Config {
           value_parser = parse_worker_count)]
     pub media_workers: usize,
 
+    /// Run each media worker thread at this real-time priority (SCHED_FIFO, 1 to 99), so that
+    /// other processes on the host cannot delay forwarding. Needs CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of at least this (Docker: --ulimit rtprio=N); without either the server
+    /// warns and runs at normal priority.
+    #[arg(long, env = "SWITCHBOARD_MEDIA_RT_PRIORITY",
+          value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub media_rt_priority: Option<u8>,
+
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -220,6 +228,7 @@ impl Config {
             turn_secret,
             max_participants,
             media_workers,
+            media_rt_priority,
             log_format,
             metrics_token,
             shutdown_grace,
@@ -234,7 +243,7 @@ impl Config {
             out,
             "http_addr={http_addr} udp_port={udp_port} public_ip={} data_dir={} jwt_secret={} \
              stun_url={} turn_url={} turn_secret={} max_participants={max_participants} \
-             media_workers={media_workers} log_format={} metrics_token={} \
+             media_workers={media_workers} media_rt_priority={} log_format={} metrics_token={} \
              shutdown_grace={shutdown_grace} ring_timeout={ring_timeout} \
              call_rate_limit={call_rate_limit} config={}",
             opt(public_ip.map(|ip| ip.to_string())),
@@ -243,6 +252,7 @@ impl Config {
             opt(stun_url.clone()),
             opt(turn_url.clone()),
             secret(turn_secret),
+            opt(media_rt_priority.map(|p| p.to_string())),
             log_format
                 .to_possible_value()
                 .map_or_else(String::new, |v| v.get_name().to_owned()),

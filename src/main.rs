@@ -136,8 +136,15 @@ fn run(config: Config) -> Result<(), String> {
             config.udp_port + i as u16
         };
         let bind = std::net::SocketAddr::new(config.http_addr.ip(), port);
-        let (addr, _thread) = media::spawn(i, bind, host_ip, inbox, events_tx.clone())
-            .map_err(|e| format!("cannot bind the media port {bind}: {e}"))?;
+        let (addr, _thread) = media::spawn(
+            i,
+            bind,
+            host_ip,
+            config.media_rt_priority,
+            inbox,
+            events_tx.clone(),
+        )
+        .map_err(|e| format!("cannot bind the media port {bind}: {e}"))?;
         info!(%addr, advertised = %host_ip, "media worker {i} listening");
         workers.push(handle);
     }

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use common::{TestServer, http_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-const VARS: [&str; 15] = [
+const VARS: [&str; 16] = [
     "SWITCHBOARD_HTTP_ADDR",
+    "SWITCHBOARD_MEDIA_RT_PRIORITY",
     "SWITCHBOARD_UDP_PORT",
     "SWITCHBOARD_PUBLIC_IP",
     "SWITCHBOARD_DATA_DIR",
@@ -383,4 +384,78 @@ async fn secrets_never_reach_the_log() {
     ] {
         assert!(!all.contains(secret), "{secret} in the log:\n{all}");
     }
+}
+
+/// The scheduling policy and real-time priority of `pid`'s thread named `name`, from
+/// `/proc/<pid>/task/<tid>/stat` (fields 41 and 40).
+fn thread_policy(pid: u32, name: &str) -> Option<(u32, u32)> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised command name, starting with field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        return Some((fields[41 - 3].parse().ok()?, fields[40 - 3].parse().ok()?));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_thread_runs_at_the_requested_realtime_priority() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let addr_s = addr.to_string();
+    let udp = free_udp_port().to_string();
+    let data_s = data.path().to_str().unwrap();
+    let base = [
+        "--http-addr",
+        addr_s.as_str(),
+        "--udp-port",
+        udp.as_str(),
+        "--data-dir",
+        data_s,
+    ];
+
+    let mut s = Running::start(switchboard(
+        &base,
+        &[("SWITCHBOARD_MEDIA_RT_PRIORITY", "7")],
+    ));
+    s.wait_healthy(addr).await;
+    assert!(
+        s.effective().contains("media_rt_priority=7"),
+        "{}",
+        s.effective()
+    );
+    let pid = s.child.id();
+    // SCHED_FIFO is 1. Root (as in CI) holds CAP_SYS_NICE; anyone else gets the warning.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(thread_policy(pid, "media-0"), Some((1, 7)));
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !s
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("cannot run at SCHED_FIFO"))
+        {
+            assert!(Instant::now() < deadline, "{:?}", s.lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(thread_policy(pid, "media-0"), Some((0, 0)));
+    }
+    drop(s);
+
+    // Without the flag the thread keeps the normal policy (SCHED_OTHER, 0).
+    let mut s = Running::start(switchboard(&base, &[]));
+    s.wait_healthy(addr).await;
+    assert!(s.effective().contains("media_rt_priority=none"));
+    assert_eq!(thread_policy(s.child.id(), "media-0"), Some((0, 0)));
+    drop(s);
+
+    let (out, err) = fails(&with(&base, &["--media-rt-priority", "100"]), &[]);
+    assert!(!out.status.success());
+    assert!(err.contains("--media-rt-priority"), "{err}");
 }

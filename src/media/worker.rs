@@ -53,11 +53,13 @@ const SPEAKER_THRESHOLD: u32 = 60;
 /// Longest the loop sleeps when no timer is due.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
-/// Starts a worker thread on `bind`, advertising `host` in its candidates.
+/// Starts a worker thread on `bind`, advertising `host` in its candidates, at real-time
+/// priority `rt_priority` (SCHED_FIFO) when given and permitted.
 pub fn spawn(
     index: usize,
     bind: SocketAddr,
     host_ip: std::net::IpAddr,
+    rt_priority: Option<u8>,
     inbox: CommandInbox,
     events: mpsc::Sender<MediaEvent>,
 ) -> io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
@@ -67,8 +69,36 @@ pub fn spawn(
     let mut worker = Worker::new(socket, host, inbox, events);
     let handle = std::thread::Builder::new()
         .name(format!("media-{index}"))
-        .spawn(move || worker.run())?;
+        .spawn(move || {
+            if let Some(priority) = rt_priority {
+                match set_realtime_priority(priority) {
+                    Ok(()) => info!(priority, "media worker {index} runs at SCHED_FIFO"),
+                    Err(err) => warn!(
+                        priority,
+                        "media worker {index} cannot run at SCHED_FIFO ({err}; it needs CAP_SYS_NICE \
+                         or an RLIMIT_RTPRIO of at least {priority}, in Docker \
+                         --ulimit rtprio={priority}): normal priority"
+                    ),
+                }
+            }
+            worker.run()
+        })?;
     Ok((local, handle))
+}
+
+/// Puts the calling thread in the SCHED_FIFO class at `priority`. A forwarding thread that
+/// shares its cores with other busy processes otherwise waits for the scheduler with packets
+/// queued (docs/performance.md: the p99 of the server-added delay at 1 × 20 on two cores).
+fn set_realtime_priority(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: `param` is a valid sched_param, and pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub struct Worker<D: Datagrams = BatchSocket> {
