@@ -72,6 +72,8 @@ impl Metrics {
             sum.keyframe_requests_in += s.keyframe_requests_in;
             sum.keyframe_requests_out += s.keyframe_requests_out;
             sum.nacks_in += s.nacks_in;
+            sum.retransmissions += s.retransmissions;
+            sum.retransmissions_missed += s.retransmissions_missed;
             sum.turn_time.merge(&s.turn_time);
             sum.forwarding_delay.merge(&s.forwarding_delay);
             for (total, n) in sum.drops.iter_mut().zip(s.drops) {
@@ -103,11 +105,21 @@ impl Metrics {
             family(&mut out, name, "gauge", help);
             let _ = writeln!(out, "switchboard_{name} {value}");
         }
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "nacks_in_total",
-                "NACKs received from subscribers, answered from each leg's send buffer.",
+                "NACKs received from subscribers, answered from each video track's history.",
                 sum.nacks_in,
+            ),
+            (
+                "retransmissions_total",
+                "RTP packets sent again because a subscriber NACKed them.",
+                sum.retransmissions,
+            ),
+            (
+                "retransmissions_missed_total",
+                "NACKed packets no longer in the track's history (1024 packets).",
+                sum.retransmissions_missed,
             ),
             (
                 "datagrams_in_total",

@@ -13,6 +13,7 @@
 //!    run of datagrams to one peer as one UDP GSO message).
 
 pub mod demux;
+pub mod history;
 pub mod keyframe;
 pub mod munger;
 pub mod net;

@@ -37,6 +37,22 @@ impl Munger {
         self.offsets.is_some()
     }
 
+    /// The rewrite of a packet on a leg that has already started, without changing anything
+    /// (a retransmission).
+    pub fn map(&self, seq: u16, ts: u32) -> Option<Rewrite> {
+        self.offsets.map(|(seq_off, ts_off)| Rewrite {
+            ssrc: self.ssrc,
+            sequence_number: seq.wrapping_add(seq_off),
+            timestamp: ts.wrapping_add(ts_off),
+        })
+    }
+
+    /// The incoming sequence number this leg numbered `out_seq`, once the leg has started.
+    pub fn incoming_seq(&self, out_seq: u16) -> Option<u16> {
+        self.offsets
+            .map(|(seq_off, _)| out_seq.wrapping_sub(seq_off))
+    }
+
     /// The rewrite of an incoming packet with `seq`/`ts` (fixing the offsets on the first).
     pub fn rewrite(&mut self, seq: u16, ts: u32) -> Rewrite {
         let (seq_off, ts_off) = *self.offsets.get_or_insert((
@@ -54,6 +70,18 @@ impl Munger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_started_leg_maps_both_ways_without_changing() {
+        let mut m = Munger::new(42, 65_530, 5000);
+        assert_eq!(m.map(100, 1), None);
+        assert_eq!(m.incoming_seq(65_530), None);
+        m.rewrite(100, 90_000);
+        let r = m.map(110, 90_300).unwrap();
+        assert_eq!((r.ssrc, r.sequence_number, r.timestamp), (42, 4, 5300));
+        assert_eq!(m.incoming_seq(4), Some(110));
+        assert_eq!(m.rewrite(110, 90_300), r);
+    }
 
     #[test]
     fn first_packet_maps_to_leg_start() {

@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
-    ReceiverReportBuilder, Registry, SenderReportBuilder, StreamInfo, TaggedPacket,
-    TwccReceiverBuilder,
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry,
+    SenderReportBuilder, StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -191,7 +190,8 @@ fn media_engine() -> Result<MediaEngine, Error> {
 ///
 /// Media flows one way on each of our connections, so each gets only the interceptors of its
 /// direction: a publish connection (`receives_media`) the NACK generator, receiver reports and
-/// transport-wide feedback; a subscribe connection the NACK responder and sender reports. Every
+/// transport-wide feedback; a subscribe connection sender reports (the worker answers NACKs
+/// itself, from one history per published track). Every
 /// interceptor moves every packet through its queues, and a subscribe connection writes each
 /// forwarded packet once per leg, so the unused ones are not free (see docs/performance.md).
 pub fn build(
@@ -205,8 +205,7 @@ pub fn build(
     // What the default interceptors negotiate (NACK, PLI and transport-cc feedback, the
     // mid/rid extensions) is the same for both directions; their chain is not.
     register_default_interceptors(Registry::new(), &mut engine)?;
-    // Inbound RTCP reaches the application only when marked; the marker sits above the other
-    // interceptors, so NACKs are still answered by the NACK responder.
+    // Inbound RTCP reaches the application only when marked: keyframe requests and NACKs.
     let registry = Registry::new().with(Slot::from(14_000), RtcpToApp::default());
     let registry = if receives_media {
         registry
@@ -214,9 +213,9 @@ pub fn build(
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
     } else {
-        registry
-            .with(Slot::NackResponder, NackResponderBuilder::new().build())
-            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+        // No NACK responder: the worker answers NACKs from one history per published track
+        // (media::history) rather than each leg keeping its own copy of every packet.
+        registry.with(Slot::SenderReport, SenderReportBuilder::new().build())
     };
 
     let settings = SettingEngineBuilder::new()

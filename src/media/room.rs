@@ -10,6 +10,7 @@ use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use tokio::sync::mpsc;
 
+use super::history::RtpHistory;
 use super::keyframe::{KeyframeThrottle, VideoCodec};
 use super::munger::Munger;
 use super::peer::FORWARDED_EXTENSIONS;
@@ -136,6 +137,8 @@ pub struct Track {
     /// Publisher-leg extension id → index into `FORWARDED_EXTENSIONS` (+1; 0 = not forwarded).
     pub ext_in: [u8; 16],
     pub keyframes: KeyframeThrottle,
+    /// The last forwarded packets (video only), for the subscribers' NACKs.
+    pub history: Option<RtpHistory>,
     /// Subscribers that hold a down-track of this track.
     pub subscribers: Vec<ParticipantId>,
     /// Audio level (RFC 6464, 0 loud … 127 silent) averaged since the last speaker check.

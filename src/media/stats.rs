@@ -99,8 +99,12 @@ pub struct WorkerStats {
     pub keyframe_requests_out: u64,
     /// Media events the control plane's queue could not take.
     pub events_lost: u64,
-    /// NACKs received from subscribers (answered by each leg's NACK responder).
+    /// NACKs received from subscribers (answered from each video track's history).
     pub nacks_in: u64,
+    /// Packets sent again for subscribers' NACKs, and NACKed packets no longer (or never) in
+    /// the track's history.
+    pub retransmissions: u64,
+    pub retransmissions_missed: u64,
     /// Time of loop turns that handled datagrams (read, forward, send).
     pub turn_time: LatencyHistogram,
     /// Per forwarded RTP packet: from the kernel's receipt to the send of its copies.

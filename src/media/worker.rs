@@ -26,8 +26,9 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
 use super::demux::{DatagramKind, classify, stun_binding_local_ufrag};
+use super::history::RtpHistory;
 use super::keyframe::{VideoCodec, is_keyframe};
-use super::munger::Munger;
+use super::munger::{Munger, Rewrite};
 use super::net::{BATCH, BatchSocket, Datagrams, RealTime, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{
@@ -981,6 +982,14 @@ impl<D: Datagrams> Worker<D> {
                             self.stats.keyframe_requests_in += 1;
                             self.request_keyframe(now, track_id);
                         }
+                        if let Some(track_id) = track {
+                            for nack in packets
+                                .iter()
+                                .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+                            {
+                                self.retransmit(now, owner, peer_id, track_id, nack);
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -992,6 +1001,60 @@ impl<D: Datagrams> Worker<D> {
             }
             return;
         }
+    }
+
+    /// Answers a subscriber's NACK for one of its down-tracks from the track's history: each
+    /// lost packet this leg numbered is sent again as the leg sent it the first time.
+    fn retransmit(
+        &mut self,
+        now: Instant,
+        owner: ParticipantId,
+        peer_id: PeerId,
+        track_id: TrackId,
+        nack: &TransportLayerNack,
+    ) {
+        let (Some(track), Some(participant), Some(peer)) = (
+            self.tracks.get(&track_id),
+            self.participants.get(&owner),
+            self.peers.get_mut(&peer_id),
+        ) else {
+            return;
+        };
+        let (Some(history), Some(dt)) = (&track.history, participant.downtracks.get(&track_id))
+        else {
+            return;
+        };
+        let Some(out_pt) = dt.out_pt else {
+            return;
+        };
+        for lost in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
+            let found = dt
+                .munger
+                .incoming_seq(lost)
+                .and_then(|seq| history.get(seq));
+            let Some((packet, rewrite)) = found.and_then(|p| {
+                Some((
+                    p,
+                    dt.munger
+                        .map(p.header.sequence_number, p.header.timestamp)?,
+                ))
+            }) else {
+                self.stats.retransmissions_missed += 1;
+                continue;
+            };
+            let message = RTCMessage::RtpPacket(
+                dt.rtc_track_id.clone(),
+                leg_packet(packet, rewrite, out_pt, &track.ext_in, &dt.ext_out),
+            );
+            if peer
+                .pc
+                .handle_write(TaggedRTCMessage { now, message })
+                .is_ok()
+            {
+                self.stats.retransmissions += 1;
+            }
+        }
+        self.touch(peer_id);
     }
 
     fn handle_peer_event(&mut self, now: Instant, peer_id: PeerId, event: RTCPeerConnectionEvent) {
@@ -1098,6 +1161,7 @@ impl<D: Datagrams> Worker<D> {
             ssrc: init.ssrc,
             ext_in,
             keyframes: Default::default(),
+            history: (kind == MediaKind::Video).then(RtpHistory::default),
             subscribers: Vec::new(),
             level_sum: 0,
             level_count: 0,
@@ -1396,15 +1460,7 @@ impl<D: Datagrams> Worker<D> {
             let rewrite = dt
                 .munger
                 .rewrite(packet.header.sequence_number, packet.header.timestamp);
-            let mut out = rtc::rtp::Packet {
-                header: packet.header.clone(),
-                payload: packet.payload.clone(),
-            };
-            out.header.ssrc = rewrite.ssrc;
-            out.header.sequence_number = rewrite.sequence_number;
-            out.header.timestamp = rewrite.timestamp;
-            out.header.payload_type = out_pt;
-            remap_extensions(&mut out.header, &track.ext_in, &dt.ext_out);
+            let out = leg_packet(&packet, rewrite, out_pt, &track.ext_in, &dt.ext_out);
             // Not through `RTCRtpSender::write_rtp`: its per-packet checks of the payload type
             // and extensions repeat what `out_pt` and `ext_out` were derived from. Our `rtc`
             // takes the packet straight through the interceptors, SRTP and ICE
@@ -1425,8 +1481,12 @@ impl<D: Datagrams> Worker<D> {
                     .push(participant.subscribe.expect("matched above"));
             }
         }
-        if let (true, Some(at)) = (self.stats.rtp_forwarded > forwarded_before, self.received) {
+        let forwarded = self.stats.rtp_forwarded > forwarded_before;
+        if let (true, Some(at)) = (forwarded, self.received) {
             self.forwarded_received.push(at);
+        }
+        if let (true, Some(history)) = (forwarded, track.history.as_mut()) {
+            history.push(packet);
         }
         if wants_keyframe {
             self.request_keyframe(now, track_id);
@@ -1724,6 +1784,27 @@ fn apply_offer(
 }
 
 /// Keeps the forwarded header extensions, renumbered for the outgoing leg; drops the rest.
+/// `packet` as a leg sends it: the leg's SSRC and numbering (`rewrite`), payload type and
+/// extension ids.
+fn leg_packet(
+    packet: &rtc::rtp::Packet,
+    rewrite: Rewrite,
+    out_pt: u8,
+    ext_in: &[u8; 16],
+    ext_out: &[u8; FORWARDED_EXTENSIONS.len()],
+) -> rtc::rtp::Packet {
+    let mut out = rtc::rtp::Packet {
+        header: packet.header.clone(),
+        payload: packet.payload.clone(),
+    };
+    out.header.ssrc = rewrite.ssrc;
+    out.header.sequence_number = rewrite.sequence_number;
+    out.header.timestamp = rewrite.timestamp;
+    out.header.payload_type = out_pt;
+    remap_extensions(&mut out.header, ext_in, ext_out);
+    out
+}
+
 fn remap_extensions(
     header: &mut rtc::rtp::header::Header,
     ext_in: &[u8; 16],
