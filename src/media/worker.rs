@@ -1028,18 +1028,19 @@ impl<D: Datagrams> Worker<D> {
             return;
         };
         for lost in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
-            let found = dt
+            let Some(packet) = dt
                 .munger
                 .incoming_seq(lost)
-                .and_then(|seq| history.get(seq));
-            let Some((packet, rewrite)) = found.and_then(|p| {
-                Some((
-                    p,
-                    dt.munger
-                        .map(p.header.sequence_number, p.header.timestamp)?,
-                ))
-            }) else {
+                .and_then(|seq| history.get(seq))
+            else {
                 self.stats.retransmissions_missed += 1;
+                continue;
+            };
+            // The leg numbered `lost`, so it has started and maps the packet.
+            let Some(rewrite) = dt
+                .munger
+                .map(packet.header.sequence_number, packet.header.timestamp)
+            else {
                 continue;
             };
             let message = RTCMessage::RtpPacket(
