@@ -40,11 +40,7 @@ impl Munger {
     /// The rewrite of a packet on a leg that has already started, without changing anything
     /// (a retransmission).
     pub fn map(&self, seq: u16, ts: u32) -> Option<Rewrite> {
-        self.offsets.map(|(seq_off, ts_off)| Rewrite {
-            ssrc: self.ssrc,
-            sequence_number: seq.wrapping_add(seq_off),
-            timestamp: ts.wrapping_add(ts_off),
-        })
+        self.offsets.map(|offsets| self.shift(offsets, seq, ts))
     }
 
     /// The incoming sequence number this leg numbered `out_seq`, once the leg has started.
@@ -55,10 +51,14 @@ impl Munger {
 
     /// The rewrite of an incoming packet with `seq`/`ts` (fixing the offsets on the first).
     pub fn rewrite(&mut self, seq: u16, ts: u32) -> Rewrite {
-        let (seq_off, ts_off) = *self.offsets.get_or_insert((
+        let offsets = *self.offsets.get_or_insert((
             self.first_seq.wrapping_sub(seq),
             self.first_ts.wrapping_sub(ts),
         ));
+        self.shift(offsets, seq, ts)
+    }
+
+    fn shift(&self, (seq_off, ts_off): (u16, u32), seq: u16, ts: u32) -> Rewrite {
         Rewrite {
             ssrc: self.ssrc,
             sequence_number: seq.wrapping_add(seq_off),
