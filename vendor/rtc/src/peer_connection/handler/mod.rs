@@ -32,6 +32,7 @@ use ::interceptor::Packet;
 use log::warn;
 use shared::TaggedBytesMut;
 use shared::error::{Error, flatten_errs};
+use shared::marshal::MarshalSize;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -254,18 +255,12 @@ impl RTCPeerConnection {
         )
     }
 
-    /// Runs every handler's pending writes down the pipeline into `write_outs`, where
-    /// [`poll_write`](sansio::Protocol::poll_write) hands them out.
     /// Writes one RTP packet of the application through the handlers that act on it:
     /// interceptors, SRTP, ICE and the demuxer's statistics. The endpoint, data-channel, SCTP
     /// and DTLS handlers only pass RTP on, so it skips their queues, and it hands each message
     /// straight to the next handler instead of collecting a stage's output first. The datagrams
-    /// it produces, their order and every statistic are those of `handle_write` followed by
-    /// `flush_writes`; before the DTLS handshake completes it is exactly that path.
-    ///
-    /// Whatever the pipeline already holds goes out first (one `flush_writes`, which costs
-    /// little when the queues are empty): the DTLS handler may still hold the last flight of
-    /// the handshake, and SRTP that overtook it would reach a peer without its keys yet.
+    /// it produces and every statistic are those of `handle_write` followed by `flush_writes`;
+    /// before the DTLS handshake completes it is exactly that path.
     ///
     /// Switchboard patch (vendor/rtc/SWITCHBOARD.md): each pass through a handler moves the
     /// whole message in and out of a queue, and an SFU writes every forwarded packet once per
@@ -290,40 +285,104 @@ impl RTCPeerConnection {
         {
             return self.get_endpoint_handler().handle_write(msg);
         }
-        self.flush_writes();
-        // What the skipped data-channel handler records of every write.
-        self.pipeline_context
-            .datachannel_handler_context
-            .observe(now);
-
+        self.before_direct_write(now);
         self.get_interceptor_handler().handle_write(msg)?;
         while let Some(msg) = self.get_interceptor_handler().poll_write() {
-            let msg = match self.get_srtp_handler().encrypt(msg) {
-                Ok(msg) => msg,
-                Err(err) => {
-                    warn!("SrtpHandler.handle_write got error: {}", err);
-                    continue;
-                }
-            };
-            let Some(msg) = self.get_ice_handler().route(msg) else {
-                continue;
-            };
-            if let Some(TaggedRTCMessageInternal {
-                now,
-                transport,
-                message: RTCMessageInternal::Raw(message),
-            }) = self.get_demuxer_handler().to_raw(msg)
-            {
-                self.pipeline_context.write_outs.push_back(TaggedBytesMut {
-                    now,
-                    transport,
-                    message,
-                });
-            }
+            self.write_past_interceptors(msg);
         }
         Ok(())
     }
 
+    /// Writes one RTP packet past the interceptors: straight to SRTP, ICE and the demuxer,
+    /// recording the outbound statistics the interceptor handler records for every RTP packet
+    /// it lets through. For an application that itself does what write-side interceptors would
+    /// (an SFU that sends its own sender reports and answers NACKs from its own history), so
+    /// that a forwarded packet is not moved through the interceptor chain's queues once per
+    /// subscriber. Interceptors still see everything else: RTCP written, and all reads.
+    ///
+    /// Fails with `ErrDtlsTransportNotStarted` until the DTLS handshake has completed: there
+    /// are no SRTP keys yet.
+    ///
+    /// Switchboard patch (vendor/rtc/SWITCHBOARD.md).
+    pub fn write_rtp_unintercepted(
+        &mut self,
+        now: Instant,
+        packet: rtp::Packet,
+    ) -> Result<(), Error> {
+        self.pipeline_context.observe(now);
+        if !self
+            .pipeline_context
+            .interceptor_handler_context
+            .is_dtls_handshake_complete
+        {
+            return Err(Error::ErrDtlsTransportNotStarted);
+        }
+        self.before_direct_write(now);
+        let stats = &mut self.pipeline_context.stats;
+        let (ssrc, payload_bytes) = (packet.header.ssrc, packet.payload.len());
+        stats.on_rtx_packet_sent_if_rtx(ssrc, payload_bytes);
+        if let Some(stream) = stats.outbound_rtp_streams.get_mut(&ssrc) {
+            stream.on_rtp_sent(packet.header.marshal_size(), payload_bytes, now);
+        }
+        self.write_past_interceptors(TaggedRTCMessageInternal {
+            now,
+            transport: Default::default(),
+            message: RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtp(packet))),
+        });
+        Ok(())
+    }
+
+    /// What a direct write does first: let out whatever a handler between DTLS and the wire
+    /// already holds, and record the write's instant as the skipped data-channel handler does.
+    ///
+    /// The DTLS handler may still hold the last flight of the handshake, and SRTP that
+    /// overtook it would reach a peer without its keys yet. Only the DTLS, ICE and demuxer
+    /// queues are checked (a full `flush_writes` walks all eight handlers and the interceptor
+    /// chain, and cost 3–4 % of an SFU's CPU when run before every write): what the handlers
+    /// above DTLS hold (RTCP, SCTP) is independent of SRTP and may leave after it.
+    fn before_direct_write(&mut self, now: Instant) {
+        let context = &self.pipeline_context;
+        if !context.dtls_handler_context.write_outs.is_empty()
+            || context.dtls_handler_context.close_requested.is_some()
+            || !context.ice_handler_context.write_outs.is_empty()
+            || !context.demuxer_handler_context.write_outs.is_empty()
+        {
+            self.flush_writes();
+        }
+        self.pipeline_context
+            .datachannel_handler_context
+            .observe(now);
+    }
+
+    /// SRTP, ICE and the demuxer for one message the interceptors let out; the datagram waits
+    /// in `write_outs` for `poll_write`.
+    fn write_past_interceptors(&mut self, msg: TaggedRTCMessageInternal) {
+        let msg = match self.get_srtp_handler().encrypt(msg) {
+            Ok(msg) => msg,
+            Err(err) => {
+                warn!("SrtpHandler.handle_write got error: {}", err);
+                return;
+            }
+        };
+        let Some(msg) = self.get_ice_handler().route(msg) else {
+            return;
+        };
+        if let Some(TaggedRTCMessageInternal {
+            now,
+            transport,
+            message: RTCMessageInternal::Raw(message),
+        }) = self.get_demuxer_handler().to_raw(msg)
+        {
+            self.pipeline_context.write_outs.push_back(TaggedBytesMut {
+                now,
+                transport,
+                message,
+            });
+        }
+    }
+
+    /// Runs every handler's pending writes down the pipeline into `write_outs`, where
+    /// [`poll_write`](sansio::Protocol::poll_write) hands them out.
     fn flush_writes(&mut self) {
         use sansio::Protocol;
 
