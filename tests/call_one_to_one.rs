@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use common::{Participant, TestServer, sequence_gaps};
 
@@ -43,5 +43,63 @@ async fn each_receives_the_others_audio_and_video() {
             0,
             "video starts at a keyframe"
         );
+    }
+}
+
+/// The server reports every leg it sends (RTCP sender reports, once a second): counts that
+/// match what arrived, and an RTP time that matches the wall-clock time, which receivers need
+/// to play a publisher's audio in sync with its video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_leg_gets_sender_reports_that_match_what_arrived() {
+    let server = TestServer::start(&[]).await;
+    let alice = Participant::join(&server, "alice", "room-1", true).await;
+    let bob = Participant::join(&server, "bob", "room-1", true).await;
+
+    for (me, other) in [(&alice, &bob), (&bob, &alice)] {
+        me.wait_for("two reports on each leg", Duration::from_secs(15), |p| {
+            let r = p.received_from(&other.id);
+            r.len() == 2 && r.iter().all(|t| t.sender_reports.len() >= 2)
+        })
+        .await;
+        for t in me.received_from(&other.id) {
+            let clock_rate = if t.kind == "video" {
+                90_000.0
+            } else {
+                48_000.0
+            };
+            for seen in &t.sender_reports {
+                let sr = &seen.report;
+                assert_eq!(vec![sr.ssrc], t.ssrcs, "about the leg's SSRC: {sr:?}");
+                // Everything counted was sent before the report; on loopback all of it arrived.
+                assert!(
+                    sr.packet_count as u64 >= seen.packets
+                        && sr.packet_count as u64 <= seen.packets + 3,
+                    "{} packets arrived, the report counts {}",
+                    seen.packets,
+                    sr.packet_count
+                );
+                assert!(sr.octet_count >= sr.packet_count * 20, "{sr:?}");
+                // The report's wall-clock time is the receiver's, give or take delivery.
+                let ntp_secs = (sr.ntp_time >> 32) as i64 - 0x83AA_7E80;
+                let wall_secs = seen.wall.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+                assert!(
+                    (ntp_secs - wall_secs).abs() <= 1,
+                    "NTP time {ntp_secs} vs {wall_secs}"
+                );
+                // Its RTP time is the newest frame's, moved on by the time since it arrived
+                // (measured here: within 0.2 ms; the margin is for a loaded machine's
+                // scheduling of this task).
+                let (newest, arrived) = seen.newest.expect("media before reports");
+                let expected =
+                    newest as f64 + seen.at.duration_since(arrived).as_secs_f64() * clock_rate;
+                let off_ms =
+                    (sr.rtp_time.wrapping_sub(expected as u32) as i32) as f64 / clock_rate * 1000.0;
+                assert!(
+                    off_ms.abs() < 25.0,
+                    "{} RTP time {off_ms:.1} ms off",
+                    t.kind
+                );
+            }
+        }
     }
 }

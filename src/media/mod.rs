@@ -19,6 +19,7 @@ pub mod munger;
 pub mod net;
 pub mod peer;
 pub mod room;
+pub mod sender_report;
 pub mod stats;
 mod worker;
 

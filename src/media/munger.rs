@@ -33,6 +33,11 @@ impl Munger {
         }
     }
 
+    /// The leg's SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
     pub fn started(&self) -> bool {
         self.offsets.is_some()
     }

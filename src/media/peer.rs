@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, StreamInfo, TaggedPacket, TwccReceiverBuilder,
+    StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -190,10 +190,11 @@ fn media_engine() -> Result<MediaEngine, Error> {
 ///
 /// Media flows one way on each of our connections, so each gets only the interceptors of its
 /// direction: a publish connection (`receives_media`) the NACK generator, receiver reports and
-/// transport-wide feedback; a subscribe connection sender reports (the worker answers NACKs
-/// itself, from one history per published track). Every
-/// interceptor moves every packet through its queues, and a subscribe connection writes each
-/// forwarded packet once per leg, so the unused ones are not free (see docs/performance.md).
+/// transport-wide feedback; a subscribe connection none that writes. Every interceptor moves
+/// every packet through its queues, and a subscribe connection writes each forwarded packet
+/// once per leg, so the worker writes them past the chain and does the write side's work
+/// itself: sender reports (`media::sender_report`) and NACKs (`media::history`). Both kinds
+/// deliver inbound keyframe requests and NACKs to the worker (`RtcpToApp`).
 pub fn build(
     now: Instant,
     host: SocketAddr,
@@ -213,9 +214,10 @@ pub fn build(
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
     } else {
-        // No NACK responder: the worker answers NACKs from one history per published track
-        // (media::history) rather than each leg keeping its own copy of every packet.
-        registry.with(Slot::SenderReport, SenderReportBuilder::new().build())
+        // Nothing on the write side: forwarded packets are written past the interceptors, and
+        // the worker sends the sender reports (media::sender_report) and answers NACKs from
+        // one history per published track (media::history).
+        registry
     };
 
     let settings = SettingEngineBuilder::new()

@@ -14,6 +14,7 @@ use super::history::RtpHistory;
 use super::keyframe::{KeyframeThrottle, VideoCodec};
 use super::munger::Munger;
 use super::peer::FORWARDED_EXTENSIONS;
+use super::sender_report::SentStream;
 use crate::signal::protocol::{
     MediaKind, MediaState, ParticipantInfo, PcKind, ServerMessage, TrackInfo, TrackSource,
 };
@@ -65,6 +66,8 @@ pub struct Peer {
     pub heard: bool,
     pub touched: bool,
     pub connected: bool,
+    /// When a subscribe connection next sends its legs' sender reports.
+    pub next_sender_report: Option<Instant>,
 }
 
 /// A user in a room.
@@ -170,4 +173,8 @@ pub struct DownTrack {
     pub ext_out: [u8; FORWARDED_EXTENSIONS.len()],
     pub munger: Munger,
     pub is_video: bool,
+    /// The codec's RTP clock rate (for sender reports).
+    pub clock_rate: u32,
+    /// What this leg sent, for its sender reports.
+    pub sent: SentStream,
 }

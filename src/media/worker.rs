@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -34,6 +34,7 @@ use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{
     DownTrack, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId,
 };
+use super::sender_report::{self, SentStream};
 use super::stats::{Drop, WorkerStats};
 use crate::auth::random_token;
 use crate::bridge::{
@@ -243,7 +244,11 @@ impl<D: Datagrams> Worker<D> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let peers = self.peers.values().filter_map(|p| p.next_timeout);
+        let peers = self
+            .peers
+            .values()
+            .flat_map(|p| [p.next_timeout, p.next_sender_report])
+            .flatten();
         let keyframes = self.tracks.values().filter_map(|t| t.keyframes.deadline());
         let speaker = (!self.rooms.is_empty()).then_some(self.next_speaker_check);
         peers.chain(keyframes).chain(speaker).min()
@@ -826,6 +831,8 @@ impl<D: Datagrams> Worker<D> {
                 heard: false,
                 touched: false,
                 connected: false,
+                next_sender_report: (kind == PcKind::Subscribe)
+                    .then(|| now + sender_report::INTERVAL),
             },
         );
         self.touch(id);
@@ -924,6 +931,15 @@ impl<D: Datagrams> Worker<D> {
                 self.drain_peer(now, id);
             }
         }
+        let reports_due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_sender_report.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reports_due {
+            self.send_sender_reports(now, id);
+        }
         let keyframes_due: Vec<TrackId> = self
             .tracks
             .values()
@@ -944,6 +960,35 @@ impl<D: Datagrams> Worker<D> {
             self.update_speakers();
             self.drop_silent_peers(now);
         }
+    }
+
+    /// One RTCP sender report for each leg of subscribe connection `peer_id` that has sent
+    /// anything (see `media::sender_report`).
+    fn send_sender_reports(&mut self, now: Instant, peer_id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        peer.next_sender_report = Some(now + sender_report::INTERVAL);
+        let Some(participant) = self.participants.get(&peer.owner) else {
+            return;
+        };
+        if !peer.connected {
+            return;
+        }
+        // One clock reading for all of them: the wall-clock time of the monotonic `at`.
+        let at = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        for dt in participant.downtracks.values() {
+            let Some(report) = dt.sent.report(dt.munger.ssrc(), dt.clock_rate, at, wall) else {
+                continue;
+            };
+            if let Some(mut sender) = peer.pc.rtp_sender(dt.sender_id) {
+                let _ = sender.write_rtcp(now, vec![Box::new(report)]);
+            }
+        }
+        self.touch(peer_id);
     }
 
     /// Everything a peer produced after an input: forwarded RTP, keyframe requests, events.
@@ -1015,12 +1060,12 @@ impl<D: Datagrams> Worker<D> {
     ) {
         let (Some(track), Some(participant), Some(peer)) = (
             self.tracks.get(&track_id),
-            self.participants.get(&owner),
+            self.participants.get_mut(&owner),
             self.peers.get_mut(&peer_id),
         ) else {
             return;
         };
-        let (Some(history), Some(dt)) = (&track.history, participant.downtracks.get(&track_id))
+        let (Some(history), Some(dt)) = (&track.history, participant.downtracks.get_mut(&track_id))
         else {
             return;
         };
@@ -1043,15 +1088,10 @@ impl<D: Datagrams> Worker<D> {
             else {
                 continue;
             };
-            let message = RTCMessage::RtpPacket(
-                dt.rtc_track_id.clone(),
-                leg_packet(packet, rewrite, out_pt, &track.ext_in, &dt.ext_out),
-            );
-            if peer
-                .pc
-                .handle_write(TaggedRTCMessage { now, message })
-                .is_ok()
-            {
+            let out = leg_packet(packet, rewrite, out_pt, &track.ext_in, &dt.ext_out);
+            if peer.pc.write_rtp_unintercepted(now, out).is_ok() {
+                dt.sent
+                    .on_sent(now, rewrite.timestamp, packet.payload.len());
                 self.stats.retransmissions += 1;
             }
         }
@@ -1407,6 +1447,8 @@ impl<D: Datagrams> Worker<D> {
                         ext_out: [0; FORWARDED_EXTENSIONS.len()],
                         munger: Munger::new(ssrc, rand::random(), rand::random()),
                         is_video: track.kind == MediaKind::Video,
+                        clock_rate: track.codec.clock_rate,
+                        sent: SentStream::default(),
                     },
                 );
             }
@@ -1464,17 +1506,14 @@ impl<D: Datagrams> Worker<D> {
             let out = leg_packet(&packet, rewrite, out_pt, &track.ext_in, &dt.ext_out);
             // Not through `RTCRtpSender::write_rtp`: its per-packet checks of the payload type
             // and extensions repeat what `out_pt` and `ext_out` were derived from. Our `rtc`
-            // takes the packet straight through the interceptors, SRTP and ICE
-            // (vendor/rtc/SWITCHBOARD.md).
-            let message = RTCMessage::RtpPacket(dt.rtc_track_id.clone(), out);
-            if peer
-                .pc
-                .handle_write(TaggedRTCMessage { now, message })
-                .is_err()
-            {
+            // takes the packet past the interceptors, straight to SRTP and ICE; the worker
+            // sends the sender reports and answers NACKs (vendor/rtc/SWITCHBOARD.md).
+            if peer.pc.write_rtp_unintercepted(now, out).is_err() {
                 self.stats.drop(Drop::WriteFailed);
                 continue;
             }
+            dt.sent
+                .on_sent(now, rewrite.timestamp, packet.payload.len());
             self.stats.rtp_forwarded += 1;
             if !peer.touched {
                 peer.touched = true;

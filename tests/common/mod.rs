@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, StreamInfo, TaggedPacket};
@@ -24,6 +24,7 @@ use rtc::peer_connection::configuration::media_engine::{
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -369,6 +370,23 @@ pub struct Received {
     pub payload_types: Vec<u8>,
     /// Header extensions of the last packet: (id, first byte).
     pub last_extensions: Vec<(u8, u8)>,
+    /// The newest RTP timestamp received and when its first packet arrived.
+    pub newest: Option<(u32, Instant)>,
+    /// The RTCP sender reports about this leg, each with what had arrived by then.
+    pub sender_reports: Vec<SenderReportSeen>,
+}
+
+/// One sender report as a subscriber saw it.
+#[derive(Debug, Clone)]
+pub struct SenderReportSeen {
+    pub report: SenderReport,
+    pub at: Instant,
+    /// Wall-clock time of `at`.
+    pub wall: SystemTime,
+    /// RTP packets received on the leg by then.
+    pub packets: u64,
+    /// `Received::newest` by then.
+    pub newest: Option<(u32, Instant)>,
 }
 
 pub type ReceivedMap = Arc<Mutex<HashMap<String, Received>>>;
@@ -495,9 +513,31 @@ impl PeerConnectionEventHandler for Handler {
                 .map(|(_, k)| k.clone())
                 .unwrap_or_default();
             while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtcpPacket(packets) = &event {
+                    let mut map = received.lock().unwrap();
+                    let r = map.entry(track_id.clone()).or_default();
+                    for sr in packets
+                        .iter()
+                        .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                    {
+                        r.sender_reports.push(SenderReportSeen {
+                            report: sr.clone(),
+                            at: Instant::now(),
+                            wall: SystemTime::now(),
+                            packets: r.packets,
+                            newest: r.newest,
+                        });
+                    }
+                }
                 if let TrackRemoteEvent::OnRtpPacket(p) = event {
                     let mut map = received.lock().unwrap();
                     let r = map.entry(track_id.clone()).or_default();
+                    let ts = p.header.timestamp;
+                    if r.newest
+                        .is_none_or(|(newest, _)| (ts.wrapping_sub(newest) as i32) > 0)
+                    {
+                        r.newest = Some((ts, Instant::now()));
+                    }
                     if r.packets == 0 {
                         r.first_payload = p.payload.to_vec();
                         r.publisher = stream_id.clone();
