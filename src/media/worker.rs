@@ -52,6 +52,10 @@ const MAX_PUBLISH_SECTIONS: usize = 8;
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 /// RFC 6464 level (−dBov) below which nobody counts as speaking.
 const SPEAKER_THRESHOLD: u32 = 60;
+/// Forwarded packets are sent once this many are written, without waiting for the turn to
+/// end: one `sendmmsg` batch. A burst of input (a keyframe to 19 legs is 285 packets) then
+/// leaves as it is forwarded, rather than its first packet waiting for its last.
+const SEND_AT: usize = BATCH;
 /// Longest the loop sleeps when no timer is due.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
@@ -127,6 +131,8 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     /// Receive times of the RTP packets forwarded in this turn, for the delay histogram once
     /// they are sent.
     forwarded_received: Vec<RealTime>,
+    /// RTP packets written to the peers since the last send (see `SEND_AT`).
+    unsent: usize,
     /// Participants to remove once the current step is done (e.g. their queue overflowed).
     doomed: Vec<(ParticipantId, LeaveReason)>,
     next_speaker_check: Instant,
@@ -180,6 +186,7 @@ impl<D: Datagrams> Worker<D> {
             batch: Vec::new(),
             received: None,
             forwarded_received: Vec::new(),
+            unsent: 0,
             doomed: Vec::new(),
             next_speaker_check: Instant::now(),
             stopped: false,
@@ -222,6 +229,9 @@ impl<D: Datagrams> Worker<D> {
                     for (from, bytes, at) in batch.drain(..) {
                         self.received = at;
                         self.handle_datagram(now, from, bytes);
+                        if self.unsent >= SEND_AT {
+                            self.send_written();
+                        }
                     }
                     self.received = None;
                     if n < BATCH {
@@ -1515,6 +1525,7 @@ impl<D: Datagrams> Worker<D> {
             dt.sent
                 .on_sent(now, rewrite.timestamp, packet.payload.len());
             self.stats.rtp_forwarded += 1;
+            self.unsent += 1;
             if !peer.touched {
                 peer.touched = true;
                 self.touched
@@ -1765,27 +1776,52 @@ impl<D: Datagrams> Worker<D> {
 
     // ---- output -------------------------------------------------------------------------
 
+    /// Ends a turn: sends everything the touched peers have written and notes their next
+    /// timers.
     fn flush(&mut self) {
         // Taken and given back, so its allocation is reused (nothing touches a peer in here).
         let mut touched = std::mem::take(&mut self.touched);
         for id in touched.drain(..) {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            peer.touched = false;
-            let before = self.outbox.len();
-            while let Some(msg) = peer.pc.poll_write() {
-                self.outbox.push((msg.transport.peer_addr, msg.message));
-            }
-            peer.next_timeout = peer.pc.poll_timeout();
-            if let Some(owner) = self.participants.get_mut(&peer.owner) {
-                owner.bytes_out += self.outbox[before..]
-                    .iter()
-                    .map(|(_, b)| b.len() as u64)
-                    .sum::<u64>();
+            self.collect_writes(id);
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.touched = false;
+                peer.next_timeout = peer.pc.poll_timeout();
             }
         }
         self.touched = touched;
+        self.send_outbox();
+    }
+
+    /// Sends what the touched peers have written so far, in the middle of a turn; they stay
+    /// touched, so the turn's `flush` still sees them.
+    fn send_written(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        for id in &touched {
+            self.collect_writes(*id);
+        }
+        self.touched = touched;
+        self.send_outbox();
+    }
+
+    /// Moves peer `id`'s datagrams to the outbox.
+    fn collect_writes(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let before = self.outbox.len();
+        while let Some(msg) = peer.pc.poll_write() {
+            self.outbox.push((msg.transport.peer_addr, msg.message));
+        }
+        if let Some(owner) = self.participants.get_mut(&peer.owner) {
+            owner.bytes_out += self.outbox[before..]
+                .iter()
+                .map(|(_, b)| b.len() as u64)
+                .sum::<u64>();
+        }
+    }
+
+    fn send_outbox(&mut self) {
+        self.unsent = 0;
         if self.outbox.is_empty() {
             return;
         }
