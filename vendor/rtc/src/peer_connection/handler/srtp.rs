@@ -6,7 +6,7 @@ use crate::peer_connection::message::internal::{
 use interceptor::Packet;
 use log::debug;
 use shared::error::{Error, Result};
-use shared::marshal::{Marshal, Unmarshal};
+use shared::marshal::{Marshal, MarshalSize, Unmarshal};
 use shared::util::is_rtcp;
 use srtp::context::Context;
 use std::collections::VecDeque;
@@ -20,6 +20,10 @@ pub(crate) struct SrtpHandlerContext {
     pub(crate) read_outs: VecDeque<TaggedRTCMessageInternal>,
     pub(crate) write_outs: VecDeque<TaggedRTCMessageInternal>,
     pub(crate) event_outs: VecDeque<TaggedRTCEventInternal>,
+
+    /// An RTP packet is marshalled here before it is encrypted into a buffer of its own
+    /// (Switchboard patch: one allocation per packet fewer).
+    scratch: Vec<u8>,
 }
 
 /// SrtpHandler implements SRTP/RTP/RTCP Protocols handling
@@ -173,8 +177,13 @@ impl SrtpHandler<'_> {
                 }
                 RTPMessage::Packet(Packet::Rtp(rtp_message)) => {
                     if let Some(context) = self.ctx.local_srtp_context.as_mut() {
-                        let packet = rtp_message.marshal()?;
-                        context.encrypt_rtp(&packet)?
+                        // Switchboard patch: marshalled into a reused buffer, and encrypted
+                        // with the header at hand instead of `encrypt_rtp` parsing it again.
+                        let scratch = &mut self.ctx.scratch;
+                        scratch.clear();
+                        scratch.resize(rtp_message.marshal_size(), 0);
+                        let n = rtp_message.marshal_to(scratch)?;
+                        context.encrypt_rtp_with_header(&scratch[..n], &rtp_message.header)?
                     } else {
                         return Err(Error::Other(format!(
                             "local_srtp_context is not set yet for rtp_packet {:?}",
