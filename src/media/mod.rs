@@ -10,7 +10,12 @@
 //!    the room;
 //! 4. peers whose timers are due get `handle_timeout`;
 //! 5. every touched peer's `poll_write` is drained into one batched send (`sendmmsg`, with each
-//!    run of datagrams to one peer as one UDP GSO message).
+//!    run of datagrams to one peer as one UDP GSO message); during a burst of input this also
+//!    happens in step 3, whenever a `sendmmsg` batch of forwarded packets has been written.
+//!
+//! Forwarded packets are written past `rtc`'s interceptors (`write_rtp_unintercepted`), so the
+//! worker does the write side's work itself: sender reports (`sender_report`) and NACKs
+//! (`history`).
 
 pub mod demux;
 pub mod history;
