@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-/// At most one keyframe request per track per this interval reaches the publisher.
-pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one keyframe request per track per this interval reaches the publisher. A new leg
+/// starts at a keyframe, and one that just missed the last may wait this long for the next, so
+/// it is short; requests within it are merged into one at its end.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Video codecs the Forwarder knows how to inspect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,21 +146,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn throttles_to_one_per_second_and_keeps_the_merged_request() {
+    fn throttles_to_one_per_interval_and_keeps_the_merged_request() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut k = KeyframeThrottle::default();
         assert!(k.request(t0));
-        assert!(!k.request(t0 + Duration::from_millis(100)));
-        assert!(!k.request(t0 + Duration::from_millis(900)));
+        assert!(!k.request(t0 + ms(100)));
+        assert!(!k.request(t0 + KEYFRAME_REQUEST_INTERVAL - ms(50)));
         assert_eq!(k.deadline(), Some(t0 + KEYFRAME_REQUEST_INTERVAL));
-        assert!(!k.poll(t0 + Duration::from_millis(999)));
-        assert!(k.poll(t0 + Duration::from_millis(1000)));
-        assert!(
-            !k.poll(t0 + Duration::from_millis(2500)),
-            "nothing pending any more"
-        );
+        assert!(!k.poll(t0 + KEYFRAME_REQUEST_INTERVAL - ms(1)));
+        assert!(k.poll(t0 + KEYFRAME_REQUEST_INTERVAL));
+        let later = t0 + 3 * KEYFRAME_REQUEST_INTERVAL;
+        assert!(!k.poll(later), "nothing pending any more");
         assert_eq!(k.deadline(), None);
-        assert!(k.request(t0 + Duration::from_millis(2500)));
+        assert!(k.request(later));
     }
 
     #[test]
