@@ -19,7 +19,9 @@ use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -221,6 +223,7 @@ pub fn build(
     };
 
     let settings = SettingEngineBuilder::new()
+        .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_ice_timeouts(

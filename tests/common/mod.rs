@@ -724,6 +724,12 @@ impl Participant {
                 s.send(json!({"type": "publish_offer", "sdp": sdp}));
                 s.expect("publish_answer").await
             };
+            // The server answers as the DTLS server, so the client starts the handshake once
+            // its own ICE check has succeeded (docs/design.md).
+            assert!(
+                answer["sdp"].as_str().unwrap().contains("a=setup:passive"),
+                "publish answer: {answer}"
+            );
             pc.set_remote_description(
                 RTCSessionDescription::answer(answer["sdp"].as_str().unwrap().to_owned()).unwrap(),
             )
