@@ -4,21 +4,30 @@ mod common;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{Participant, TestServer, sequence_gaps};
+use common::{Participant, Received, TestServer, sequence_gaps};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn each_receives_the_others_audio_and_video() {
+/// Alice and Bob, both publishing, once each has received `enough` of both of the other's
+/// tracks.
+async fn call_of_two(
+    what: &str,
+    enough: impl Fn(&Received) -> bool,
+) -> (TestServer, Participant, Participant) {
     let server = TestServer::start(&[]).await;
     let alice = Participant::join(&server, "alice", "room-1", true).await;
     let bob = Participant::join(&server, "bob", "room-1", true).await;
-
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
-        me.wait_for("both tracks flowing", Duration::from_secs(15), |p| {
+        me.wait_for(what, Duration::from_secs(15), |p| {
             let r = p.received_from(&other.id);
-            r.len() == 2 && r.iter().all(|t| t.packets >= 20)
+            r.len() == 2 && r.iter().all(&enough)
         })
         .await;
     }
+    (server, alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_receives_the_others_audio_and_video() {
+    let (_server, alice, bob) = call_of_two("both tracks flowing", |t| t.packets >= 20).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
@@ -51,16 +60,9 @@ async fn each_receives_the_others_audio_and_video() {
 /// to play a publisher's audio in sync with its video.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_leg_gets_sender_reports_that_match_what_arrived() {
-    let server = TestServer::start(&[]).await;
-    let alice = Participant::join(&server, "alice", "room-1", true).await;
-    let bob = Participant::join(&server, "bob", "room-1", true).await;
-
+    let (_server, alice, bob) =
+        call_of_two("two reports on each leg", |t| t.sender_reports.len() >= 2).await;
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
-        me.wait_for("two reports on each leg", Duration::from_secs(15), |p| {
-            let r = p.received_from(&other.id);
-            r.len() == 2 && r.iter().all(|t| t.sender_reports.len() >= 2)
-        })
-        .await;
         for t in me.received_from(&other.id) {
             let clock_rate = if t.kind == "video" {
                 90_000.0

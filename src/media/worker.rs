@@ -926,14 +926,17 @@ impl<D: Datagrams> Worker<D> {
         self.drain_peer(now, peer_id);
     }
 
-    fn handle_timers(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
+    /// The peers whose `deadline` has come.
+    fn peers_due(&self, now: Instant, deadline: impl Fn(&Peer) -> Option<Instant>) -> Vec<PeerId> {
+        self.peers
             .iter()
-            .filter(|(_, p)| p.next_timeout.is_some_and(|t| t <= now))
+            .filter(|(_, p)| deadline(p).is_some_and(|t| t <= now))
             .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+            .collect()
+    }
+
+    fn handle_timers(&mut self, now: Instant) {
+        for id in self.peers_due(now, |p| p.next_timeout) {
             if let Some(peer) = self.peers.get_mut(&id) {
                 let _ = peer.pc.handle_timeout(now);
                 peer.next_timeout = None;
@@ -941,13 +944,7 @@ impl<D: Datagrams> Worker<D> {
                 self.drain_peer(now, id);
             }
         }
-        let reports_due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_sender_report.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in reports_due {
+        for id in self.peers_due(now, |p| p.next_sender_report) {
             self.send_sender_reports(now, id);
         }
         let keyframes_due: Vec<TrackId> = self
