@@ -223,6 +223,8 @@ pub fn build(
     };
 
     let settings = SettingEngineBuilder::new()
+        // `setup:passive` when answering: the client starts DTLS once its ICE check succeeded
+        // (docs/design.md).
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
@@ -260,10 +262,10 @@ pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Resul
     pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)
 }
 
-/// Marks inbound feedback for delivery to the application (the SFU relays keyframe requests and
-/// counts NACKs, which the NACK responder below has already answered), and moves it to the
-/// front of a compound packet: `rtc` 0.21.1 routes a compound by its first packet's destination
-/// SSRC, and Chrome's `[empty RR, PLI]` or `[empty RR, NACK]` would otherwise be dropped.
+/// Marks inbound feedback for delivery to the application (the worker relays keyframe requests
+/// and answers NACKs from its history), and moves it to the front of a compound packet: `rtc`
+/// 0.21.1 routes a compound by its first packet's destination SSRC, and Chrome's
+/// `[empty RR, PLI]` or `[empty RR, NACK]` would otherwise be dropped.
 #[derive(Default)]
 struct RtcpToApp {
     read_queue: VecDeque<TaggedPacket>,
