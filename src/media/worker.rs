@@ -1856,7 +1856,6 @@ fn apply_offer(
         .ok_or_else(|| "no answer was produced".to_owned())
 }
 
-/// Keeps the forwarded header extensions, renumbered for the outgoing leg; drops the rest.
 /// `packet` as a leg sends it: the leg's SSRC and numbering (`rewrite`), payload type and
 /// extension ids.
 fn leg_packet(
@@ -1878,6 +1877,7 @@ fn leg_packet(
     out
 }
 
+/// Keeps the forwarded header extensions, renumbered for the outgoing leg; drops the rest.
 fn remap_extensions(
     header: &mut rtc::rtp::header::Header,
     ext_in: &[u8; 16],
