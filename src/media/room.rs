@@ -173,8 +173,6 @@ pub struct DownTrack {
     pub ext_out: [u8; FORWARDED_EXTENSIONS.len()],
     pub munger: Munger,
     pub is_video: bool,
-    /// The codec's RTP clock rate (for sender reports).
-    pub clock_rate: u32,
     /// What this leg sent, for its sender reports.
     pub sent: SentStream,
 }

@@ -987,8 +987,12 @@ impl<D: Datagrams> Worker<D> {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        for dt in participant.downtracks.values() {
-            let Some(report) = dt.sent.report(dt.munger.ssrc(), dt.clock_rate, at, wall) else {
+        for (id, dt) in &participant.downtracks {
+            let Some(track) = self.tracks.get(id) else {
+                continue;
+            };
+            let clock_rate = track.codec.clock_rate;
+            let Some(report) = dt.sent.report(dt.munger.ssrc(), clock_rate, at, wall) else {
                 continue;
             };
             if let Some(mut sender) = peer.pc.rtp_sender(dt.sender_id) {
@@ -1454,7 +1458,6 @@ impl<D: Datagrams> Worker<D> {
                         ext_out: [0; FORWARDED_EXTENSIONS.len()],
                         munger: Munger::new(ssrc, rand::random(), rand::random()),
                         is_video: track.kind == MediaKind::Video,
-                        clock_rate: track.codec.clock_rate,
                         sent: SentStream::default(),
                     },
                 );
