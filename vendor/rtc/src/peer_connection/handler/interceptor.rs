@@ -24,7 +24,6 @@ use rtcp::receiver_report::ReceiverReport;
 use rtcp::sender_report::SenderReport;
 use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use shared::error::{Error, Result};
-use shared::marshal::MarshalSize;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -837,17 +836,7 @@ impl<'a>
                     }
                     Packet::Rtp(rtp_packet) => {
                         // Track outbound RTP stats if the stream accumulator exists
-                        let ssrc = rtp_packet.header.ssrc;
-                        let payload_bytes = rtp_packet.payload.len();
-                        self.stats.on_rtx_packet_sent_if_rtx(ssrc, payload_bytes);
-
-                        if let Some(stream) = self.stats.outbound_rtp_streams.get_mut(&ssrc) {
-                            stream.on_rtp_sent(
-                                rtp_packet.header.marshal_size(),
-                                payload_bytes,
-                                packet.now,
-                            );
-                        }
+                        self.stats.on_rtp_packet_sent(rtp_packet, packet.now);
                     }
                     _ => {}
                 }

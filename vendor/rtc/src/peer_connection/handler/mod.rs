@@ -32,7 +32,6 @@ use ::interceptor::Packet;
 use log::warn;
 use shared::TaggedBytesMut;
 use shared::error::{Error, flatten_errs};
-use shared::marshal::MarshalSize;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -318,12 +317,7 @@ impl RTCPeerConnection {
             return Err(Error::ErrDtlsTransportNotStarted);
         }
         self.before_direct_write(now);
-        let stats = &mut self.pipeline_context.stats;
-        let (ssrc, payload_bytes) = (packet.header.ssrc, packet.payload.len());
-        stats.on_rtx_packet_sent_if_rtx(ssrc, payload_bytes);
-        if let Some(stream) = stats.outbound_rtp_streams.get_mut(&ssrc) {
-            stream.on_rtp_sent(packet.header.marshal_size(), payload_bytes, now);
-        }
+        self.pipeline_context.stats.on_rtp_packet_sent(&packet, now);
         self.write_past_interceptors(TaggedRTCMessageInternal {
             now,
             transport: Default::default(),

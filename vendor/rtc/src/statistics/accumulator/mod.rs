@@ -604,6 +604,21 @@ impl RTCStatsAccumulator {
             })
     }
 
+    /// Records an outgoing RTP packet: as RTX of its primary stream if its SSRC is an RTX
+    /// one, and in its own outbound stream if there is one.
+    ///
+    /// (Switchboard patch: the interceptor handler and `write_rtp_unintercepted` both record
+    /// what they send through this, vendor/rtc/SWITCHBOARD.md.)
+    pub(crate) fn on_rtp_packet_sent(&mut self, packet: &rtp::Packet, now: Instant) {
+        use shared::marshal::MarshalSize;
+
+        let (ssrc, payload_bytes) = (packet.header.ssrc, packet.payload.len());
+        self.on_rtx_packet_sent_if_rtx(ssrc, payload_bytes);
+        if let Some(stream) = self.outbound_rtp_streams.get_mut(&ssrc) {
+            stream.on_rtp_sent(packet.header.marshal_size(), payload_bytes, now);
+        }
+    }
+
     pub(crate) fn on_rtx_packet_sent_if_rtx(
         &mut self,
         rtx_ssrc: SSRC,
