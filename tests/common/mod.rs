@@ -138,6 +138,24 @@ impl TestServer {
     }
 
     pub async fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        // A free port can be taken by another test's server between our probe and our bind;
+        // that server then answers our health check while ours has exited. So a server that
+        // exits before it is healthy is started again on other ports.
+        let mut data_dir = data_dir;
+        for _ in 0..5 {
+            match Self::try_start(data_dir, extra).await {
+                Ok(server) => return server,
+                Err(dir) => data_dir = dir,
+            }
+        }
+        panic!("switchboard exited before becoming healthy five times");
+    }
+
+    /// Starts a server on fresh ports; gives the data directory back if it exits first.
+    async fn try_start(
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Result<Self, tempfile::TempDir> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
@@ -166,26 +184,33 @@ impl TestServer {
                 .unwrap();
             cmd.stderr(file);
         }
-        let child = cmd.spawn().expect("start switchboard");
-        let secret = extra
-            .windows(2)
-            .find(|w| w[0] == "--jwt-secret")
-            .map(|w| w[1].to_owned());
-        let server = Self {
-            child,
-            http,
-            udp,
-            data_dir,
-            secret,
-        };
+        let mut child = cmd.spawn().expect("start switchboard");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(resp) = http_request(http, "GET", "/healthz", None, None).await
+            if child.try_wait().unwrap().is_some() {
+                return Err(data_dir);
+            }
+            // Ours, not the server of another test that took the port first.
+            if listens_on(child.id(), http.port())
+                && let Ok(resp) = http_request(http, "GET", "/healthz", None, None).await
                 && resp.0 == 200
             {
-                return server;
+                let secret = extra
+                    .windows(2)
+                    .find(|w| w[0] == "--jwt-secret")
+                    .map(|w| w[1].to_owned());
+                return Ok(Self {
+                    child,
+                    http,
+                    udp,
+                    data_dir,
+                    secret,
+                });
             }
-            assert!(Instant::now() < deadline, "server did not become healthy");
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("server did not become healthy");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -215,6 +240,30 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` holds the socket listening on TCP `port` (from `/proc/net/tcp` and
+/// the process's open files).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!(":{port:04X}");
+    // Columns: sl, local_address, rem_address, st (0A = LISTEN), ..., inode (the tenth).
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|c| c.len() > 9 && c[1].ends_with(&local) && c[3] == "0A")
+        .map(|c| format!("socket:[{}]", c[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 /// A minimal HTTP/1.1 client over a raw TCP stream (no extra dependencies, no proxies).
