@@ -23,14 +23,39 @@ pub struct SentStream {
     octets: u32,
     /// The newest frame's RTP timestamp on this leg, and when its first packet was written.
     frame: Option<(u32, Instant)>,
+    /// What `rtc`'s statistics have not been told yet (see `take_unrecorded`).
+    unrecorded: Option<Unrecorded>,
+}
+
+/// Packets a leg wrote that `rtc`'s outbound statistics do not count yet: the worker writes
+/// past the interceptors, which count every packet with a hash lookup into the connection's
+/// statistics, and hands them these sums with each sender report instead
+/// (`RTCPeerConnection::record_rtp_sent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unrecorded {
+    pub packets: u64,
+    pub header_bytes: u64,
+    pub payload_bytes: u64,
+    /// When the newest of them was written.
+    pub last_sent: Instant,
 }
 
 impl SentStream {
     /// Counts one RTP packet written on the leg (a retransmission too: the count is of
     /// packets sent).
-    pub fn on_sent(&mut self, now: Instant, timestamp: u32, payload_len: usize) {
+    pub fn on_sent(&mut self, now: Instant, timestamp: u32, header_len: usize, payload_len: usize) {
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(payload_len as u32);
+        let unrecorded = self.unrecorded.get_or_insert(Unrecorded {
+            packets: 0,
+            header_bytes: 0,
+            payload_bytes: 0,
+            last_sent: now,
+        });
+        unrecorded.packets += 1;
+        unrecorded.header_bytes += header_len as u64;
+        unrecorded.payload_bytes += payload_len as u64;
+        unrecorded.last_sent = now;
         // A newer frame moves the mapping; an older one (a retransmission, a late packet) not.
         let newer = match self.frame {
             None => true,
@@ -39,6 +64,11 @@ impl SentStream {
         if newer {
             self.frame = Some((timestamp, now));
         }
+    }
+
+    /// What was sent since the last call, if anything.
+    pub fn take_unrecorded(&mut self) -> Option<Unrecorded> {
+        self.unrecorded.take()
     }
 
     /// The report for a leg with `ssrc` at `clock_rate` Hz, at the monotonic instant `now`
@@ -72,11 +102,11 @@ mod tests {
         let t0 = Instant::now();
         let mut leg = SentStream::default();
         assert!(leg.report(7, 90_000, t0, Duration::from_secs(1)).is_none());
-        leg.on_sent(t0, 1000, 1100);
-        leg.on_sent(t0 + Duration::from_millis(1), 1000, 900);
+        leg.on_sent(t0, 1000, 12, 1100);
+        leg.on_sent(t0 + Duration::from_millis(1), 1000, 12, 900);
         // The next frame, 33 ms later; then a retransmission of the first.
-        leg.on_sent(t0 + Duration::from_millis(33), 3970, 1100);
-        leg.on_sent(t0 + Duration::from_millis(40), 1000, 1100);
+        leg.on_sent(t0 + Duration::from_millis(33), 3970, 20, 1100);
+        leg.on_sent(t0 + Duration::from_millis(40), 1000, 12, 1100);
 
         let wall = Duration::from_secs(1_700_000_000);
         let sr = leg
@@ -91,11 +121,35 @@ mod tests {
     }
 
     #[test]
+    fn hands_over_what_statistics_have_not_counted_once() {
+        let t0 = Instant::now();
+        let mut leg = SentStream::default();
+        assert_eq!(leg.take_unrecorded(), None);
+        leg.on_sent(t0, 1000, 12, 1100);
+        leg.on_sent(t0 + Duration::from_millis(5), 1000, 20, 900);
+        assert_eq!(
+            leg.take_unrecorded(),
+            Some(Unrecorded {
+                packets: 2,
+                header_bytes: 32,
+                payload_bytes: 2000,
+                last_sent: t0 + Duration::from_millis(5),
+            })
+        );
+        assert_eq!(leg.take_unrecorded(), None);
+        leg.on_sent(t0 + Duration::from_millis(9), 1000, 12, 100);
+        assert_eq!(leg.take_unrecorded().map(|u| u.packets), Some(1));
+        // The sender report's counts are of everything sent, not since the last hand-over.
+        let sr = leg.report(1, 90_000, t0, Duration::ZERO).unwrap();
+        assert_eq!((sr.packet_count, sr.octet_count), (3, 2100));
+    }
+
+    #[test]
     fn timestamps_wrap() {
         let t0 = Instant::now();
         let mut leg = SentStream::default();
-        leg.on_sent(t0, u32::MAX - 10, 100);
-        leg.on_sent(t0 + Duration::from_millis(20), 950, 100);
+        leg.on_sent(t0, u32::MAX - 10, 12, 100);
+        leg.on_sent(t0 + Duration::from_millis(20), 950, 12, 100);
         let sr = leg.report(1, 48_000, t0 + Duration::from_millis(20), Duration::ZERO);
         assert_eq!(sr.unwrap().rtp_time, 950);
     }

@@ -18,6 +18,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::MarshalSize;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::statistics::StatsSelector;
 use rtc::statistics::report::RTCStatsReportEntry;
@@ -976,7 +977,7 @@ impl<D: Datagrams> Worker<D> {
             return;
         };
         peer.next_sender_report = Some(now + sender_report::INTERVAL);
-        let Some(participant) = self.participants.get(&peer.owner) else {
+        let Some(participant) = self.participants.get_mut(&peer.owner) else {
             return;
         };
         if !peer.connected {
@@ -987,12 +988,22 @@ impl<D: Datagrams> Worker<D> {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        for (id, dt) in &participant.downtracks {
+        for (id, dt) in &mut participant.downtracks {
             let Some(track) = self.tracks.get(id) else {
                 continue;
             };
+            let ssrc = dt.munger.ssrc();
+            if let Some(sent) = dt.sent.take_unrecorded() {
+                peer.pc.record_rtp_sent(
+                    ssrc,
+                    sent.packets,
+                    sent.header_bytes,
+                    sent.payload_bytes,
+                    sent.last_sent,
+                );
+            }
             let clock_rate = track.codec.clock_rate;
-            let Some(report) = dt.sent.report(dt.munger.ssrc(), clock_rate, at, wall) else {
+            let Some(report) = dt.sent.report(ssrc, clock_rate, at, wall) else {
                 continue;
             };
             if let Some(mut sender) = peer.pc.rtp_sender(dt.sender_id) {
@@ -1100,9 +1111,10 @@ impl<D: Datagrams> Worker<D> {
                 continue;
             };
             let out = leg_packet(packet, rewrite, out_pt, &track.ext_in, &dt.ext_out);
+            let header_len = out.header.marshal_size();
             if peer.pc.write_rtp_unintercepted(now, out).is_ok() {
                 dt.sent
-                    .on_sent(now, rewrite.timestamp, packet.payload.len());
+                    .on_sent(now, rewrite.timestamp, header_len, packet.payload.len());
                 self.stats.retransmissions += 1;
             }
         }
@@ -1514,6 +1526,7 @@ impl<D: Datagrams> Worker<D> {
                 .munger
                 .rewrite(packet.header.sequence_number, packet.header.timestamp);
             let out = leg_packet(&packet, rewrite, out_pt, &track.ext_in, &dt.ext_out);
+            let header_len = out.header.marshal_size();
             // Not through `RTCRtpSender::write_rtp`: its per-packet checks of the payload type
             // and extensions repeat what `out_pt` and `ext_out` were derived from. Our `rtc`
             // takes the packet past the interceptors, straight to SRTP and ICE; the worker
@@ -1523,7 +1536,7 @@ impl<D: Datagrams> Worker<D> {
                 continue;
             }
             dt.sent
-                .on_sent(now, rewrite.timestamp, packet.payload.len());
+                .on_sent(now, rewrite.timestamp, header_len, packet.payload.len());
             self.stats.rtp_forwarded += 1;
             self.unsent += 1;
             if !peer.touched {

@@ -27,6 +27,7 @@ use crate::peer_connection::message::{
 };
 use crate::peer_connection::state::peer_connection_state::RTCPeerConnectionState;
 use crate::peer_connection::state::signaling_state::RTCSignalingState;
+use crate::rtp_transceiver::SSRC;
 use crate::statistics::accumulator::RTCStatsAccumulator;
 use ::interceptor::Packet;
 use log::warn;
@@ -292,12 +293,15 @@ impl RTCPeerConnection {
         Ok(())
     }
 
-    /// Writes one RTP packet past the interceptors: straight to SRTP, ICE and the demuxer,
-    /// recording the outbound statistics the interceptor handler records for every RTP packet
-    /// it lets through. For an application that itself does what write-side interceptors would
-    /// (an SFU that sends its own sender reports and answers NACKs from its own history), so
-    /// that a forwarded packet is not moved through the interceptor chain's queues once per
+    /// Writes one RTP packet past the interceptors: straight to SRTP, ICE and the demuxer.
+    /// For an application that itself does what write-side interceptors would (an SFU that
+    /// sends its own sender reports and answers NACKs from its own history), so that a
+    /// forwarded packet is not moved through the interceptor chain's queues once per
     /// subscriber. Interceptors still see everything else: RTCP written, and all reads.
+    ///
+    /// The packet is not counted in the outbound statistics: the application counts what it
+    /// writes, as it must for its sender reports, and hands the counts to `record_rtp_sent`
+    /// (a lookup of the stream's statistics for every packet cost 5 % of an SFU's CPU).
     ///
     /// Fails with `ErrDtlsTransportNotStarted` until the DTLS handshake has completed: there
     /// are no SRTP keys yet.
@@ -317,13 +321,35 @@ impl RTCPeerConnection {
             return Err(Error::ErrDtlsTransportNotStarted);
         }
         self.before_direct_write(now);
-        self.pipeline_context.stats.on_rtp_packet_sent(&packet, now);
         self.write_past_interceptors(TaggedRTCMessageInternal {
             now,
             transport: Default::default(),
             message: RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtp(packet))),
         });
         Ok(())
+    }
+
+    /// Adds RTP packets written with `write_rtp_unintercepted` on `ssrc` to the outbound
+    /// statistics: `packets` of them, with `header_bytes` and `payload_bytes` in all, the
+    /// newest written at `last_sent`. They are counted as the interceptor handler counts what
+    /// it lets through (as retransmissions of the primary stream if `ssrc` is an RTX one).
+    ///
+    /// Switchboard patch (vendor/rtc/SWITCHBOARD.md).
+    pub fn record_rtp_sent(
+        &mut self,
+        ssrc: SSRC,
+        packets: u64,
+        header_bytes: u64,
+        payload_bytes: u64,
+        last_sent: Instant,
+    ) {
+        self.pipeline_context.stats.on_rtp_packets_sent(
+            ssrc,
+            packets,
+            header_bytes,
+            payload_bytes,
+            last_sent,
+        );
     }
 
     /// What a direct write does first: let out whatever a handler between DTLS and the wire

@@ -607,15 +607,45 @@ impl RTCStatsAccumulator {
     /// Records an outgoing RTP packet: as RTX of its primary stream if its SSRC is an RTX
     /// one, and in its own outbound stream if there is one.
     ///
-    /// (Switchboard patch: the interceptor handler and `write_rtp_unintercepted` both record
-    /// what they send through this, vendor/rtc/SWITCHBOARD.md.)
+    /// (Switchboard patch: the interceptor handler records what it sends through this, and
+    /// `RTCPeerConnection::record_rtp_sent` through `on_rtp_packets_sent`,
+    /// vendor/rtc/SWITCHBOARD.md.)
     pub(crate) fn on_rtp_packet_sent(&mut self, packet: &rtp::Packet, now: Instant) {
         use shared::marshal::MarshalSize;
 
-        let (ssrc, payload_bytes) = (packet.header.ssrc, packet.payload.len());
-        self.on_rtx_packet_sent_if_rtx(ssrc, payload_bytes);
+        self.on_rtp_packets_sent(
+            packet.header.ssrc,
+            1,
+            packet.header.marshal_size() as u64,
+            packet.payload.len() as u64,
+            now,
+        );
+    }
+
+    /// Records `packets` outgoing RTP packets on `ssrc`, with `header_bytes` and
+    /// `payload_bytes` in all, the newest sent at `last_sent`: as RTX of the primary stream if
+    /// `ssrc` is an RTX one (what `on_rtx_packet_sent_if_rtx` records), and in its own
+    /// outbound stream if there is one (what `OutboundRtpStreamAccumulator::on_rtp_sent`
+    /// records).
+    pub(crate) fn on_rtp_packets_sent(
+        &mut self,
+        ssrc: SSRC,
+        packets: u64,
+        header_bytes: u64,
+        payload_bytes: u64,
+        last_sent: Instant,
+    ) {
+        if let Some(primary_ssrc) = self.rtx_ssrc_to_primary.get(&ssrc)
+            && let Some(stream) = self.outbound_rtp_streams.get_mut(primary_ssrc)
+        {
+            stream.retransmitted_packets_sent += packets;
+            stream.retransmitted_bytes_sent += payload_bytes;
+        }
         if let Some(stream) = self.outbound_rtp_streams.get_mut(&ssrc) {
-            stream.on_rtp_sent(packet.header.marshal_size(), payload_bytes, now);
+            stream.packets_sent += packets;
+            stream.header_bytes_sent += header_bytes;
+            stream.bytes_sent += payload_bytes;
+            stream.last_packet_sent_timestamp = Some(last_sent);
         }
     }
 
