@@ -605,6 +605,12 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
     }
 
     fn poll_write(&mut self) -> Option<Self::Wout> {
+        // What is queued already leaves before anything a flush would add behind it, so the
+        // handlers are walked only once the queue is empty (Switchboard patch,
+        // vendor/rtc/SWITCHBOARD.md): not once more for every datagram handed out.
+        if let Some(msg) = self.pipeline_context.write_outs.pop_front() {
+            return Some(msg);
+        }
         self.flush_writes();
         self.pipeline_context.write_outs.pop_front()
     }
