@@ -64,10 +64,26 @@ pub struct Peer {
     pub last_heard: Instant,
     /// Whether it ever sent us anything.
     pub heard: bool,
-    pub touched: bool,
+    /// What reached the connection since the worker last drained it; anything but
+    /// `Touched::No` puts it in the worker's list of connections to drain.
+    pub touched: Touched,
     pub connected: bool,
     /// When a subscribe connection next sends its legs' sender reports.
     pub next_sender_report: Option<Instant>,
+}
+
+/// What reached a peer connection since the worker last drained it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    /// Nothing.
+    No,
+    /// Only forwarded RTP, written past the interceptors (`write_rtp_unintercepted`): its
+    /// datagrams are queued, its handlers hold nothing and its timers have not moved, so the
+    /// drain neither walks the handlers nor asks for the next timeout. At 20 participants the
+    /// two were 5 % of the media thread, for the 19 legs each packet touches.
+    Forwarded,
+    /// Anything else: a datagram read, a timeout, RTCP written, a negotiation.
+    Yes,
 }
 
 /// A user in a room.

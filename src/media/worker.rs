@@ -33,7 +33,7 @@ use super::munger::{Munger, Rewrite};
 use super::net::{BATCH, BatchSocket, Datagrams, RealTime, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{
-    DownTrack, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Track, TrackId,
+    DownTrack, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Touched, Track, TrackId,
 };
 use super::sender_report::{self, SentStream};
 use super::stats::{Drop, WorkerStats};
@@ -840,7 +840,7 @@ impl<D: Datagrams> Worker<D> {
                 next_timeout: None,
                 last_heard: now,
                 heard: false,
-                touched: false,
+                touched: Touched::No,
                 connected: false,
                 next_sender_report: (kind == PcKind::Subscribe)
                     .then(|| now + sender_report::INTERVAL),
@@ -866,11 +866,11 @@ impl<D: Datagrams> Worker<D> {
     }
 
     fn touch(&mut self, id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(&id)
-            && !peer.touched
-        {
-            peer.touched = true;
-            self.touched.push(id);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if peer.touched == Touched::No {
+                self.touched.push(id);
+            }
+            peer.touched = Touched::Yes;
         }
     }
 
@@ -1539,8 +1539,8 @@ impl<D: Datagrams> Worker<D> {
                 .on_sent(now, rewrite.timestamp, header_len, packet.payload.len());
             self.stats.rtp_forwarded += 1;
             self.unsent += 1;
-            if !peer.touched {
-                peer.touched = true;
+            if peer.touched == Touched::No {
+                peer.touched = Touched::Forwarded;
                 self.touched
                     .push(participant.subscribe.expect("matched above"));
             }
@@ -1789,16 +1789,18 @@ impl<D: Datagrams> Worker<D> {
 
     // ---- output -------------------------------------------------------------------------
 
-    /// Ends a turn: sends everything the touched peers have written and notes their next
-    /// timers.
+    /// Ends a turn: sends everything the touched peers have written and notes the next
+    /// timers of those that anything but forwarded RTP reached.
     fn flush(&mut self) {
         // Taken and given back, so its allocation is reused (nothing touches a peer in here).
         let mut touched = std::mem::take(&mut self.touched);
         for id in touched.drain(..) {
             self.collect_writes(id);
             if let Some(peer) = self.peers.get_mut(&id) {
-                peer.touched = false;
-                peer.next_timeout = peer.pc.poll_timeout();
+                if peer.touched == Touched::Yes {
+                    peer.next_timeout = peer.pc.poll_timeout();
+                }
+                peer.touched = Touched::No;
             }
         }
         self.touched = touched;
@@ -1822,8 +1824,14 @@ impl<D: Datagrams> Worker<D> {
             return;
         };
         let before = self.outbox.len();
-        while let Some(msg) = peer.pc.poll_write() {
-            self.outbox.push((msg.transport.peer_addr, msg.message));
+        if peer.touched == Touched::Forwarded {
+            while let Some(msg) = peer.pc.poll_write_queued() {
+                self.outbox.push((msg.transport.peer_addr, msg.message));
+            }
+        } else {
+            while let Some(msg) = peer.pc.poll_write() {
+                self.outbox.push((msg.transport.peer_addr, msg.message));
+            }
         }
         if let Some(owner) = self.participants.get_mut(&peer.owner) {
             owner.bytes_out += self.outbox[before..]

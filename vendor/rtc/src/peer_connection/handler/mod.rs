@@ -329,6 +329,17 @@ impl RTCPeerConnection {
         Ok(())
     }
 
+    /// Hands out a datagram already in the output queue, without running the handlers for
+    /// more: what `poll_write` returns while the queue is not empty. For a caller that has
+    /// written nothing but `write_rtp_unintercepted` since it last polled `poll_write` until
+    /// `None`: those writes leave nothing in the handlers, so the walk of all eight that
+    /// `poll_write` makes once the queue is empty would find nothing.
+    ///
+    /// Switchboard patch (vendor/rtc/SWITCHBOARD.md).
+    pub fn poll_write_queued(&mut self) -> Option<TaggedBytesMut> {
+        self.pipeline_context.write_outs.pop_front()
+    }
+
     /// Adds RTP packets written with `write_rtp_unintercepted` on `ssrc` to the outbound
     /// statistics: `packets` of them, with `header_bytes` and `payload_bytes` in all, the
     /// newest written at `last_sent`. They are counted as the interceptor handler counts what
