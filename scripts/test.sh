@@ -44,6 +44,11 @@ isolated() {
 echo "==> unit and integration tests (server and load tool)"
 isolated cargo test --release --locked --offline --workspace
 
+# The vendored rtc carries Switchboard's patches (vendor/rtc/SWITCHBOARD.md): its own unit
+# tests, with those of the patches, run too.
+echo "==> unit tests of the vendored rtc"
+isolated cargo test --release --locked --offline -p rtc --lib
+
 # The benches measure, they do not judge; running each once (criterion's --test) keeps them
 # working, including the in-process media plane with its own check that every leg forwards.
 echo "==> benches, once each"

@@ -2469,6 +2469,11 @@ impl RTCPeerConnection {
     pub fn get_stats(&mut self, now: Instant, selector: StatsSelector) -> RTCStatsReport {
         // Update ICE agent stats before taking snapshot
         self.update_ice_agent_stats(now);
+        // The selected pair's traffic, counted without its accumulator (Switchboard patch)
+        let context = &mut self.pipeline_context;
+        context
+            .ice_handler_context
+            .record_pair_traffic(&mut context.stats);
         // Update codec stats from transceivers before taking snapshot
         self.update_codec_stats();
         self.pipeline_context

@@ -25,9 +25,50 @@ pub(crate) struct IceHandlerContext {
     /// accumulator up with this key instead of re-`format!`ing it on every packet
     /// — that formatting was a heap allocation on the hot path in both directions.
     pub(crate) selected_pair_key: Option<String>,
+
+    /// Packets through the selected pair that its statistics do not count yet (Switchboard
+    /// patch, vendor/rtc/SWITCHBOARD.md): the per-packet path adds them up here, and
+    /// `record_pair_traffic` adds them to the pair's accumulator when statistics are read or
+    /// the selected pair changes. Looking the accumulator up by its key (a SipHash of a
+    /// ~50-byte string and a string compare) for every packet was a tenth of an SFU's
+    /// per-packet CPU time outside the kernel.
+    pub(crate) unrecorded: PairTraffic,
+}
+
+/// Packets and bytes through a candidate pair, and when the newest went each way.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PairTraffic {
+    packets_sent: u64,
+    bytes_sent: u64,
+    last_sent: Option<Instant>,
+    packets_received: u64,
+    bytes_received: u64,
+    last_received: Option<Instant>,
 }
 
 impl IceHandlerContext {
+    /// Adds the traffic counted since the last call to the selected pair's statistics.
+    pub(crate) fn record_pair_traffic(&mut self, stats: &mut RTCStatsAccumulator) {
+        let traffic = std::mem::take(&mut self.unrecorded);
+        let Some(pair) = self
+            .selected_pair_key
+            .as_ref()
+            .and_then(|key| stats.ice_candidate_pairs.get_mut(key))
+        else {
+            return;
+        };
+        pair.packets_sent += traffic.packets_sent;
+        pair.bytes_sent += traffic.bytes_sent;
+        if traffic.last_sent.is_some() {
+            pair.last_packet_sent_timestamp = traffic.last_sent;
+        }
+        pair.packets_received += traffic.packets_received;
+        pair.bytes_received += traffic.bytes_received;
+        if traffic.last_received.is_some() {
+            pair.last_packet_received_timestamp = traffic.last_received;
+        }
+    }
+
     pub(crate) fn new(ice_transport: IceTransport) -> Self {
         Self {
             ice_transport,
@@ -37,6 +78,7 @@ impl IceHandlerContext {
             event_outs: VecDeque::new(),
 
             selected_pair_key: None,
+            unrecorded: PairTraffic::default(),
         }
     }
 }
@@ -84,15 +126,12 @@ impl<'a>
             // only ICE connection is ready and bypass it
             debug!("bypass ice read {:?}", msg.transport.peer_addr);
 
-            // Track packets/bytes received on the selected candidate pair. Look
-            // the accumulator up via the cached key (set on the last
-            // SelectedCandidatePairChange) to avoid allocating the key per packet.
-            let bytes = msg.message.len();
-            if let Some(key) = &self.ctx.selected_pair_key
-                && let Some(pair) = self.stats.ice_candidate_pairs.get_mut(key)
-            {
-                pair.on_packet_received(bytes, msg.now);
-            }
+            // Track packets/bytes received on the selected candidate pair, counted here
+            // and added to its accumulator by `record_pair_traffic`.
+            let traffic = &mut self.ctx.unrecorded;
+            traffic.packets_received += 1;
+            traffic.bytes_received += msg.message.len() as u64;
+            traffic.last_received = Some(msg.now);
 
             // When ICE restarts and the selected candidate pair changes,
             // WebRTC treats this as a path migration, and DTLS continues unchanged, bound to the ICE transport, not to a fixed 5-tuple.
@@ -168,6 +207,9 @@ impl<'a>
                         remote.addr()
                     );
 
+                    // What the previous pair carried is its own.
+                    self.ctx.record_pair_traffic(self.stats);
+
                     // Create/update the candidate pair accumulator
                     let pair = self
                         .stats
@@ -234,14 +276,12 @@ impl IceHandler<'_> {
             msg.transport.transport_protocol = local.network_type().to_protocol();
             debug!("Bypass ice write {:?}", msg.transport.peer_addr);
 
-            // Track packets/bytes sent on the selected candidate pair. Look the
-            // accumulator up via the cached key to avoid allocating it per packet.
-            let bytes = msg.message.len();
-            if let Some(key) = &self.ctx.selected_pair_key
-                && let Some(pair) = self.stats.ice_candidate_pairs.get_mut(key)
-            {
-                pair.on_packet_sent(bytes, msg.now);
-            }
+            // Track packets/bytes sent on the selected candidate pair, counted here and
+            // added to its accumulator by `record_pair_traffic`.
+            let traffic = &mut self.ctx.unrecorded;
+            traffic.packets_sent += 1;
+            traffic.bytes_sent += msg.message.len() as u64;
+            traffic.last_sent = Some(msg.now);
 
             Some(msg)
         } else {
@@ -251,5 +291,83 @@ impl IceHandler<'_> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Switchboard patch: the selected pair's traffic is counted in the handler's context and
+    //! reaches the pair's statistics when they are read, once.
+    use crate::peer_connection::RTCPeerConnectionBuilder;
+    use crate::statistics::StatsSelector;
+    use crate::statistics::report::RTCStatsReportEntry;
+    use std::time::{Duration, Instant};
+
+    fn pair_counts(
+        pc: &mut crate::peer_connection::RTCPeerConnection,
+        now: Instant,
+    ) -> (u64, u64, u64, u64) {
+        let report = pc.get_stats(now, StatsSelector::None);
+        let pair = report
+            .iter()
+            .find_map(|entry| match entry {
+                RTCStatsReportEntry::IceCandidatePair(pair) => Some(pair),
+                _ => None,
+            })
+            .expect("the selected pair's statistics");
+        (
+            pair.packets_sent,
+            pair.bytes_sent,
+            pair.packets_received,
+            pair.bytes_received,
+        )
+    }
+
+    #[test]
+    fn traffic_reaches_the_selected_pair_when_statistics_are_read_and_only_once() {
+        let base = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .build(base)
+            .expect("build peer connection");
+        let context = &mut pc.pipeline_context;
+        context
+            .stats
+            .get_or_create_candidate_pair("local", "remote");
+        context.ice_handler_context.selected_pair_key =
+            Some("RTCIceCandidatePair_local_remote".to_owned());
+
+        let traffic = &mut context.ice_handler_context.unrecorded;
+        traffic.packets_sent += 3;
+        traffic.bytes_sent += 3000;
+        traffic.last_sent = Some(base + Duration::from_millis(5));
+        traffic.packets_received += 2;
+        traffic.bytes_received += 200;
+        traffic.last_received = Some(base + Duration::from_millis(7));
+
+        let now = base + Duration::from_millis(10);
+        assert_eq!(pair_counts(&mut pc, now), (3, 3000, 2, 200));
+        // Read again: nothing new, nothing counted twice.
+        assert_eq!(pair_counts(&mut pc, now), (3, 3000, 2, 200));
+
+        let pair =
+            &pc.pipeline_context.stats.ice_candidate_pairs["RTCIceCandidatePair_local_remote"];
+        assert_eq!(
+            pair.last_packet_sent_timestamp,
+            Some(base + Duration::from_millis(5))
+        );
+        assert_eq!(
+            pair.last_packet_received_timestamp,
+            Some(base + Duration::from_millis(7))
+        );
+
+        pc.pipeline_context
+            .ice_handler_context
+            .unrecorded
+            .packets_sent += 1;
+        pc.pipeline_context
+            .ice_handler_context
+            .unrecorded
+            .bytes_sent += 100;
+        assert_eq!(pair_counts(&mut pc, now), (4, 3100, 2, 200));
     }
 }

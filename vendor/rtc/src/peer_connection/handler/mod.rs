@@ -995,4 +995,30 @@ mod handler_test {
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(42))
         ));
     }
+
+    /// Switchboard patches 4 and 5: `poll_write` hands out what is queued, in order, before it
+    /// walks the handlers, and `poll_write_queued` hands out only what is queued.
+    #[test]
+    fn queued_datagrams_leave_in_order_with_or_without_a_walk_of_the_handlers() {
+        let base = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .build(base)
+            .expect("build peer connection");
+        for byte in [1u8, 2, 3] {
+            pc.pipeline_context.write_outs.push_back(TaggedBytesMut {
+                now: base,
+                transport: TransportContext::default(),
+                message: BytesMut::from(&[byte][..]),
+            });
+        }
+        let first = pc.poll_write().expect("queued");
+        let second = pc.poll_write_queued().expect("queued");
+        let third = pc.poll_write().expect("queued");
+        assert_eq!(
+            [&first.message[..], &second.message[..], &third.message[..]],
+            [[1], [2], [3]]
+        );
+        assert!(pc.poll_write_queued().is_none());
+        assert!(pc.poll_write().is_none());
+    }
 }
