@@ -39,6 +39,10 @@ async fn turn_histogram_and_nack_counter_move() {
     })
     .await;
 
+    // Counted before the scrape: a keeps publishing, and a packet b receives after the scrape
+    // was not in it. Everything b has received was observed before the worker answers the
+    // scrape (it handles commands between turns, after a turn's sends returned).
+    let received: u64 = b.received_from(&a.id).iter().map(|t| t.packets).sum();
     let before = scrape(&server).await;
     let turns = value(&before, "switchboard_forwarding_turn_seconds_count");
     assert!(turns > 0.0);
@@ -61,7 +65,6 @@ async fn turn_histogram_and_nack_counter_move() {
     // The forwarding delay is observed once per forwarded packet, from the kernel's receive
     // timestamp: at least as many as b received, and far below a second on an idle loopback.
     let delays = value(&before, "switchboard_forwarding_delay_seconds_count");
-    let received: u64 = b.received_from(&a.id).iter().map(|t| t.packets).sum();
     assert!(
         delays >= received as f64,
         "{delays} delays for {received} packets"
