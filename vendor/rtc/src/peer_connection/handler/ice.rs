@@ -47,6 +47,22 @@ pub(crate) struct PairTraffic {
 }
 
 impl IceHandlerContext {
+    /// What the handler does to a datagram that is not STUN once a pair is selected, before
+    /// passing it on: counts it on the selected pair, and drops its addresses.
+    pub(crate) fn pass_read(&mut self, msg: &mut TaggedRTCMessageInternal) {
+        // Track packets/bytes received on the selected candidate pair, counted here and added
+        // to its accumulator by `record_pair_traffic`.
+        let traffic = &mut self.unrecorded;
+        traffic.packets_received += 1;
+        traffic.bytes_received += msg.message.len() as u64;
+        traffic.last_received = Some(msg.now);
+
+        // When ICE restarts and the selected candidate pair changes,
+        // WebRTC treats this as a path migration, and DTLS continues unchanged, bound to the ICE transport, not to a fixed 5-tuple.
+        // Use default for transport to make DTLS tunneled
+        msg.transport = TransportContext::default();
+    }
+
     /// Adds the traffic counted since the last call to the selected pair's statistics.
     pub(crate) fn record_pair_traffic(&mut self, stats: &mut RTCStatsAccumulator) {
         let traffic = std::mem::take(&mut self.unrecorded);
@@ -126,17 +142,7 @@ impl<'a>
             // only ICE connection is ready and bypass it
             debug!("bypass ice read {:?}", msg.transport.peer_addr);
 
-            // Track packets/bytes received on the selected candidate pair, counted here
-            // and added to its accumulator by `record_pair_traffic`.
-            let traffic = &mut self.ctx.unrecorded;
-            traffic.packets_received += 1;
-            traffic.bytes_received += msg.message.len() as u64;
-            traffic.last_received = Some(msg.now);
-
-            // When ICE restarts and the selected candidate pair changes,
-            // WebRTC treats this as a path migration, and DTLS continues unchanged, bound to the ICE transport, not to a fixed 5-tuple.
-            // Use default for transport to make DTLS tunneled
-            msg.transport = TransportContext::default();
+            self.ctx.pass_read(&mut msg);
             self.ctx.read_outs.push_back(msg);
         } else {
             trace!(

@@ -363,6 +363,53 @@ impl RTCPeerConnection {
         );
     }
 
+    /// Hands SRTP and SRTCP that arrive once ICE has selected a pair straight to the SRTP
+    /// handler, doing on the way what the demuxer, ICE, DTLS, SCTP and data-channel handlers
+    /// do with them (the demuxer's and ICE's counts, the data-channel handler's clock); each of
+    /// those would queue the ~200-byte message and pass it on unchanged. Returns the message
+    /// if it is to take the pipeline's way: anything else, anything before ICE has a pair
+    /// (which the ICE handler drops), and everything while one of those handlers still holds
+    /// a message it read earlier, which must not be overtaken.
+    ///
+    /// Switchboard patch (vendor/rtc/SWITCHBOARD.md).
+    fn read_srtp_direct(
+        &mut self,
+        mut msg: TaggedRTCMessageInternal,
+    ) -> Option<TaggedRTCMessageInternal> {
+        let context = &mut self.pipeline_context;
+        let is_srtp =
+            matches!(&msg.message, RTCMessageInternal::Raw(bytes) if demuxer::match_srtp(bytes));
+        if !is_srtp
+            || !context.demuxer_handler_context.read_outs.is_empty()
+            || !context.ice_handler_context.read_outs.is_empty()
+            || !context.dtls_handler_context.read_outs.is_empty()
+            || !context.sctp_handler_context.read_outs.is_empty()
+            || !context.datachannel_handler_context.read_outs.is_empty()
+            || context
+                .ice_handler_context
+                .ice_transport
+                .agent
+                .get_selected_candidate_pair()
+                .is_none()
+        {
+            return Some(msg);
+        }
+        context
+            .stats
+            .transport
+            .on_packet_received(msg.message.len());
+        context.ice_handler_context.pass_read(&mut msg);
+        context.datachannel_handler_context.observe(msg.now);
+        msg.message = match msg.message {
+            RTCMessageInternal::Raw(bytes) => RTCMessageInternal::Rtp(RTPMessage::Raw(bytes)),
+            other => other,
+        };
+        if let Err(err) = sansio::Protocol::handle_read(&mut self.get_srtp_handler(), msg) {
+            warn!("SrtpHandler.handle_read got error: {}", err);
+        }
+        None
+    }
+
     /// What a direct write does first: let out whatever a handler between DTLS and the wire
     /// already holds, and record the write's instant as the skipped data-channel handler does.
     ///
@@ -564,7 +611,8 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
             transport: msg.transport,
             message: RTCMessageInternal::Raw(msg.message),
         };
-        self.pump_reads(Some(msg));
+        let msg = self.read_srtp_direct(msg);
+        self.pump_reads(msg);
         Ok(())
     }
 
