@@ -39,6 +39,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler};
 
 use crate::server::Server;
+use crate::timer::{self, Schedule};
 
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
@@ -75,6 +76,9 @@ pub struct Media {
     /// Every publisher's audio and video clocks start at its join, rather than at a random
     /// phase within the first frame interval.
     pub aligned_clocks: bool,
+    /// Send times are tokio's whole milliseconds (the load of the sessions before 19:00 UTC on
+    /// 2026-11-22) rather than each publisher's own instants (`timer.rs`).
+    pub tokio_timer: bool,
 }
 
 impl Media {
@@ -86,6 +90,7 @@ impl Media {
         keyframe_secs: u64,
         pacing: f64,
         aligned_clocks: bool,
+        tokio_timer: bool,
     ) -> Self {
         let fps = fps.max(1);
         let frame_bytes = (video_kbps as usize * 1000 / 8 / fps as usize).max(TRAILER + 2);
@@ -98,6 +103,7 @@ impl Media {
             keyframe_interval: Duration::from_secs(keyframe_secs.max(1)),
             pace_bytes_per_s: (pacing > 0.0).then(|| pacing * f64::from(video_kbps) * 1000.0 / 8.0),
             aligned_clocks,
+            tokio_timer,
         }
     }
 
@@ -105,13 +111,36 @@ impl Media {
     /// `aligned_clocks`) at a random phase within one period. Real senders' capture clocks are
     /// independent; a run whose publishers joined a multiple of the frame interval apart would
     /// otherwise have every publisher send its frame at the same instant.
-    fn clock_start(&self, period: Duration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
+    fn clock_start(&self, period: Duration) -> Instant {
+        let now = Instant::now();
         if self.aligned_clocks {
             now
         } else {
             now + period.mul_f64(rand::random::<f64>())
         }
+    }
+
+    /// A publisher's capture clock with this `period` (see `timer::Schedule` for `burst`).
+    fn schedule(&self, period: Duration, burst: bool) -> Schedule {
+        Schedule::new(self.clock_start(period), period, burst)
+    }
+
+    /// Waits until `at` on the publishers' clock.
+    async fn sleep_until(&self, at: Instant) {
+        if at <= Instant::now() {
+            return;
+        }
+        if self.tokio_timer {
+            tokio::time::sleep_until(at.into()).await;
+        } else {
+            timer::sleep_until(at).await;
+        }
+    }
+
+    /// Waits for the coming tick of `schedule` and moves it on.
+    async fn tick(&self, schedule: &mut Schedule) {
+        self.sleep_until(schedule.due()).await;
+        schedule.advance(Instant::now());
     }
 
     /// How long a video packet of `bytes` occupies the pacer.
@@ -758,11 +787,10 @@ fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, payload: Vec<u8>) -> 
 async fn send_audio(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let ssrc = ssrc_of(&track).await;
     let (mut seq, mut ts): (u16, u32) = (rand::random(), rand::random());
-    let period = Duration::from_millis(20);
-    let mut tick = tokio::time::interval_at(shared.media.clock_start(period), period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let media = shared.media;
+    let mut clock = media.schedule(Duration::from_millis(20), false);
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
+        media.tick(&mut clock).await;
         let mut payload = vec![0xf8; AUDIO_PAYLOAD];
         write_trailer(&mut payload, KIND_AUDIO);
         if track
@@ -806,13 +834,11 @@ async fn send_video(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: 
     }
     let (mut seq, mut ts): (u16, u32) = (rand::random(), rand::random());
     let mut last_key: Option<Instant> = None;
-    let period = Duration::from_secs(1) / media.fps;
-    let mut tick = tokio::time::interval_at(media.clock_start(period), period);
     // A frame that waits for the pacer is still captured on time.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut pacer_free = tokio::time::Instant::now();
+    let mut clock = media.schedule(Duration::from_secs(1) / media.fps, true);
+    let mut pacer_free = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
+        media.tick(&mut clock).await;
         let due = last_key.is_none_or(|t| t.elapsed() >= media.keyframe_interval);
         // The server throttles its requests; answer each one, as browsers do.
         let key = due || keyframe_wanted.load(Ordering::Relaxed);
@@ -830,10 +856,8 @@ async fn send_video(track: Arc<TrackLocalStaticRTP>, shared: Arc<Shared>, stop: 
         let n = sizes.len();
         for (i, size) in sizes.into_iter().enumerate() {
             if let Some(drain) = media.pace(size + RTP_HEADER) {
-                if pacer_free > tokio::time::Instant::now() {
-                    tokio::time::sleep_until(pacer_free).await;
-                }
-                pacer_free = pacer_free.max(tokio::time::Instant::now()) + drain;
+                media.sleep_until(pacer_free).await;
+                pacer_free = pacer_free.max(Instant::now()) + drain;
             }
             let mut payload = vec![0xab; size];
             // RFC 7741 descriptor: S=1 on the first packet of a frame; then the frame tag,
@@ -871,7 +895,7 @@ mod tests {
 
     #[test]
     fn one_megabit_video_is_four_packets_a_frame() {
-        let m = Media::new(1000, 30, 3, 0.0, false);
+        let m = Media::new(1000, 30, 3, 0.0, false, false);
         assert_eq!(m.pace(1200), None);
         assert_eq!(m.delta_packets, 4);
         let mix = m.packet_mix();
@@ -883,7 +907,7 @@ mod tests {
     fn pacing_drains_at_a_multiple_of_the_video_rate() {
         // 2.5 × 1 Mbit/s is 312 500 bytes/s: a 1200-byte packet takes 3.84 ms, a keyframe of
         // 15 of them 58 ms.
-        let m = Media::new(1000, 30, 3, 2.5, false);
+        let m = Media::new(1000, 30, 3, 2.5, false, false);
         assert_eq!(m.pace(1200), Some(Duration::from_micros(3840)));
     }
 

@@ -19,6 +19,7 @@ mod compare;
 mod janus;
 mod report;
 mod server;
+mod timer;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -116,6 +117,11 @@ pub struct Args {
     /// intervals) every publisher then sends at the same instant: the worst case for queueing.
     #[arg(long)]
     aligned_clocks: bool,
+    /// Time the publishers' sends with tokio's millisecond timer, as the tool did before
+    /// 19:00 UTC on 2026-11-22: every packet due within the same millisecond then leaves in one
+    /// burst. By default each publisher sends at its own instant, as independent machines do.
+    #[arg(long)]
+    tokio_timer: bool,
     /// Milliseconds between two joins in the same room.
     #[arg(long, default_value_t = 100)]
     join_stagger_ms: u64,
@@ -186,6 +192,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         args.keyframe_interval,
         args.pacing,
         args.aligned_clocks,
+        args.tokio_timer,
     );
     let shared = Arc::new(Shared::new(media, !args.no_nack, args.client_ip));
     let load_before = report::loadavg();

@@ -19,6 +19,8 @@ pub struct Report {
     /// media clocks were aligned.
     pub pacing: f64,
     pub aligned_clocks: bool,
+    /// Send times on tokio's millisecond ticks rather than each publisher's own instants.
+    pub tokio_timer: bool,
     pub duration_s: f64,
     pub video_pairs_flowing: usize,
     pub video_pairs: usize,
@@ -146,6 +148,7 @@ impl Report {
             participants_per_room: args.participants,
             pacing: args.pacing,
             aligned_clocks: args.aligned_clocks,
+            tokio_timer: args.tokio_timer,
             duration_s: secs,
             video_pairs_flowing: flowing,
             video_pairs: pairs,
@@ -261,6 +264,7 @@ impl Report {
             "participants_per_room": self.participants_per_room,
             "pacing": self.pacing,
             "aligned_clocks": self.aligned_clocks,
+            "tokio_timer": self.tokio_timer,
             "duration_s": self.duration_s,
             "video_pairs_flowing": self.video_pairs_flowing,
             "video_pairs": self.video_pairs,
@@ -319,7 +323,7 @@ impl Report {
         row(
             "publishers' pacing, clocks",
             format!(
-                "{}, {}",
+                "{}, {}, {}",
                 if self.pacing > 0.0 {
                     format!("{}× the video rate", self.pacing)
                 } else {
@@ -329,6 +333,11 @@ impl Report {
                     "aligned"
                 } else {
                     "random phase"
+                },
+                if self.tokio_timer {
+                    "sends on tokio's 1 ms ticks"
+                } else {
+                    "own send instants"
                 },
             ),
         );
