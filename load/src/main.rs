@@ -117,9 +117,10 @@ pub struct Args {
     /// intervals) every publisher then sends at the same instant: the worst case for queueing.
     #[arg(long)]
     aligned_clocks: bool,
-    /// Time the publishers' sends with tokio's millisecond timer, as the tool did before
-    /// 19:00 UTC on 2026-11-22: every packet due within the same millisecond then leaves in one
-    /// burst. By default each publisher sends at its own instant, as independent machines do.
+    /// Time the publishers' sends with tokio's millisecond timer, as the tool did until
+    /// 2026-11-22 (docs/performance-history.md): every packet due within the same millisecond
+    /// then leaves in one burst. By default each publisher sends at its own instant, as
+    /// independent machines do.
     #[arg(long)]
     tokio_timer: bool,
     /// Milliseconds between two joins in the same room.
