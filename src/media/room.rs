@@ -70,6 +70,11 @@ pub struct Peer {
     pub connected: bool,
     /// When a subscribe connection next sends its legs' sender reports.
     pub next_sender_report: Option<Instant>,
+    /// STUN that arrived before the connection had the client's answer, and with it the
+    /// client's ICE credentials: a client starts its checks as soon as it has answered, and its
+    /// first check often overtakes the answer, which travels over the WebSocket. They are read
+    /// once the answer is applied, so the client need not wait for its retransmission.
+    pub early_stun: Vec<(SocketAddr, bytes::BytesMut)>,
 }
 
 /// What reached a peer connection since the worker last drained it.

@@ -47,6 +47,9 @@ use crate::signal::protocol::{
 
 /// Most source addresses one peer may be reached from (ICE checks from several interfaces).
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most STUN messages kept for a connection that has no answer yet (one check per candidate
+/// pair, plus retransmissions).
+const MAX_EARLY_STUN: usize = 8;
 /// Most m-lines a publish offer may carry (microphone, camera, screen, screen audio, spare).
 const MAX_PUBLISH_SECTIONS: usize = 8;
 /// How often the loudest participant of each room is chosen.
@@ -520,6 +523,9 @@ impl<D: Datagrams> Worker<D> {
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadSdp(format!("cannot apply the answer: {e}")))?;
         participant.offer_pending = false;
+        for (from, bytes) in std::mem::take(&mut peer.early_stun) {
+            self.read_into_peer(now, peer_id, from, bytes);
+        }
         self.bind_negotiated_legs(pid, peer_id);
         self.touch(peer_id);
         self.request_keyframes_for_new_legs(now, pid);
@@ -844,6 +850,7 @@ impl<D: Datagrams> Worker<D> {
                 connected: false,
                 next_sender_report: (kind == PcKind::Subscribe)
                     .then(|| now + sender_report::INTERVAL),
+                early_stun: Vec::new(),
             },
         );
         self.touch(id);
@@ -892,7 +899,8 @@ impl<D: Datagrams> Worker<D> {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: BytesMut) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
-        if classify(&bytes) == DatagramKind::Unknown {
+        let kind = classify(&bytes);
+        if kind == DatagramKind::Unknown {
             self.stats.drop(Drop::NotWebRtc);
             return;
         }
@@ -909,6 +917,24 @@ impl<D: Datagrams> Worker<D> {
         if let Some(owner) = self.participants.get_mut(&peer.owner) {
             owner.bytes_in += bytes.len() as u64;
         }
+        if kind == DatagramKind::Stun && peer.pc.remote_description().is_none() {
+            // Without the client's credentials ICE would reject it ("password is empty").
+            if peer.early_stun.len() < MAX_EARLY_STUN {
+                peer.early_stun.push((from, bytes));
+            } else {
+                self.stats.drop(Drop::PeerRejected);
+            }
+            return;
+        }
+        self.read_into_peer(now, peer_id, from, bytes);
+    }
+
+    /// Hands a routed datagram to its connection and drains what that produced.
+    fn read_into_peer(&mut self, now: Instant, peer_id: PeerId, from: SocketAddr, bytes: BytesMut) {
+        let peer = self
+            .peers
+            .get_mut(&peer_id)
+            .expect("routing tables hold live peers");
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
