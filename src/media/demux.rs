@@ -57,9 +57,43 @@ pub fn stun_binding_local_ufrag(datagram: &[u8]) -> Option<&str> {
     None
 }
 
+const DTLS_HANDSHAKE: u8 = 22;
+const DTLS_RECORD_HEADER_LEN: usize = 13;
+const DTLS_CLIENT_HELLO: u8 = 1;
+
+/// Whether a datagram starts with a DTLS ClientHello in the clear (epoch 0): the first flight of
+/// a handshake in which we are the client.
+pub fn is_dtls_client_hello(datagram: &[u8]) -> bool {
+    datagram.len() > DTLS_RECORD_HEADER_LEN
+        && datagram[0] == DTLS_HANDSHAKE
+        && datagram[3..5] == [0, 0]
+        && datagram[DTLS_RECORD_HEADER_LEN] == DTLS_CLIENT_HELLO
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_a_client_hello_from_other_dtls_and_from_rtp() {
+        // Record: handshake, DTLS 1.2, epoch 0, sequence 0, length; then a ClientHello header.
+        let mut hello = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12];
+        hello.extend_from_slice(&[1, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 8]);
+        assert!(is_dtls_client_hello(&hello));
+        let mut server_hello = hello.clone();
+        server_hello[13] = 2;
+        assert!(!is_dtls_client_hello(&server_hello));
+        let mut next_epoch = hello.clone();
+        next_epoch[4] = 1;
+        assert!(
+            !is_dtls_client_hello(&next_epoch),
+            "encrypted, so not a hello"
+        );
+        assert!(!is_dtls_client_hello(&hello[..13]));
+        assert!(!is_dtls_client_hello(&[
+            0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+        ]));
+    }
 
     fn binding_request(attrs: &[(u16, &[u8])]) -> Vec<u8> {
         let mut body = Vec::new();

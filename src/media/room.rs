@@ -75,6 +75,24 @@ pub struct Peer {
     /// first check often overtakes the answer, which travels over the WebSocket. They are read
     /// once the answer is applied, so the client need not wait for its retransmission.
     pub early_stun: Vec<(SocketAddr, bytes::BytesMut)>,
+    /// Whether any DTLS came from the client yet.
+    pub dtls_heard: bool,
+    /// Our ClientHello, sent again until the client answers it (see `HelloResend`).
+    pub hello_resend: Option<HelloResend>,
+}
+
+/// Where the server is the DTLS client (the client answered `a=setup:passive`, as `webrtc-rs`,
+/// pion and aiortc do when they control ICE, which they do with an ICE-lite server), `rtc` sends
+/// its ClientHello as soon as ICE connects, in the same instant as the STUN response that tells
+/// the client ICE has connected. A client that starts its DTLS side only on that news drops the
+/// hello, and `rtc` sends it again only after a second: a second more to join. The worker sends
+/// the hello again 50 ms later, then 100 and 200 ms after that (libwebrtc's first DTLS timeout
+/// is 50 ms too), until the client answers.
+pub struct HelloResend {
+    pub to: SocketAddr,
+    pub hello: bytes::BytesMut,
+    pub at: Instant,
+    pub interval: std::time::Duration,
 }
 
 /// What reached a peer connection since the worker last drained it.

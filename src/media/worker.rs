@@ -26,14 +26,15 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
-use super::demux::{DatagramKind, classify, stun_binding_local_ufrag};
+use super::demux::{DatagramKind, classify, is_dtls_client_hello, stun_binding_local_ufrag};
 use super::history::RtpHistory;
 use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::{Munger, Rewrite};
 use super::net::{BATCH, BatchSocket, Datagrams, RealTime, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{
-    DownTrack, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Touched, Track, TrackId,
+    DownTrack, HelloResend, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Touched, Track,
+    TrackId,
 };
 use super::sender_report::{self, SentStream};
 use super::stats::{Drop, WorkerStats};
@@ -50,6 +51,10 @@ const MAX_ADDRS_PER_PEER: usize = 8;
 /// Most STUN messages kept for a connection that has no answer yet (one check per candidate
 /// pair, plus retransmissions).
 const MAX_EARLY_STUN: usize = 8;
+/// When an unanswered ClientHello is first sent again (then after twice as long each time,
+/// while it stays under `HELLO_RESEND_LAST`); `rtc` itself waits a second.
+const HELLO_RESEND_FIRST: Duration = Duration::from_millis(50);
+const HELLO_RESEND_LAST: Duration = Duration::from_millis(200);
 /// Most m-lines a publish offer may carry (microphone, camera, screen, screen audio, spare).
 const MAX_PUBLISH_SECTIONS: usize = 8;
 /// How often the loudest participant of each room is chosen.
@@ -261,7 +266,13 @@ impl<D: Datagrams> Worker<D> {
         let peers = self
             .peers
             .values()
-            .flat_map(|p| [p.next_timeout, p.next_sender_report])
+            .flat_map(|p| {
+                [
+                    p.next_timeout,
+                    p.next_sender_report,
+                    p.hello_resend.as_ref().map(|h| h.at),
+                ]
+            })
             .flatten();
         let keyframes = self.tracks.values().filter_map(|t| t.keyframes.deadline());
         let speaker = (!self.rooms.is_empty()).then_some(self.next_speaker_check);
@@ -851,6 +862,8 @@ impl<D: Datagrams> Worker<D> {
                 next_sender_report: (kind == PcKind::Subscribe)
                     .then(|| now + sender_report::INTERVAL),
                 early_stun: Vec::new(),
+                dtls_heard: false,
+                hello_resend: None,
             },
         );
         self.touch(id);
@@ -917,6 +930,10 @@ impl<D: Datagrams> Worker<D> {
         if let Some(owner) = self.participants.get_mut(&peer.owner) {
             owner.bytes_in += bytes.len() as u64;
         }
+        if kind == DatagramKind::Dtls {
+            peer.dtls_heard = true;
+            peer.hello_resend = None;
+        }
         if kind == DatagramKind::Stun && peer.pc.remote_description().is_none() {
             // Without the client's credentials ICE would reject it ("password is empty").
             if peer.early_stun.len() < MAX_EARLY_STUN {
@@ -973,6 +990,18 @@ impl<D: Datagrams> Worker<D> {
         }
         for id in self.peers_due(now, |p| p.next_sender_report) {
             self.send_sender_reports(now, id);
+        }
+        for id in self.peers_due(now, |p| p.hello_resend.as_ref().map(|h| h.at)) {
+            let peer = self.peers.get_mut(&id).expect("due peers are live");
+            let Some(resend) = peer.hello_resend.as_mut() else {
+                continue;
+            };
+            self.outbox.push((resend.to, resend.hello.clone()));
+            resend.interval *= 2;
+            resend.at = now + resend.interval;
+            if resend.interval > HELLO_RESEND_LAST {
+                peer.hello_resend = None;
+            }
         }
         let keyframes_due: Vec<TrackId> = self
             .tracks
@@ -1856,6 +1885,17 @@ impl<D: Datagrams> Worker<D> {
             }
         } else {
             while let Some(msg) = peer.pc.poll_write() {
+                if !peer.dtls_heard
+                    && peer.hello_resend.is_none()
+                    && is_dtls_client_hello(&msg.message)
+                {
+                    peer.hello_resend = Some(HelloResend {
+                        to: msg.transport.peer_addr,
+                        hello: msg.message.clone(),
+                        at: Instant::now() + HELLO_RESEND_FIRST,
+                        interval: HELLO_RESEND_FIRST,
+                    });
+                }
                 self.outbox.push((msg.transport.peer_addr, msg.message));
             }
         }
