@@ -1,6 +1,6 @@
 //! A participant who joins late receives every existing track, starting at a keyframe the
-//! server requested from the publisher on its behalf; and the first ICE check of its subscribe
-//! connection is answered even when it overtakes the answer.
+//! server requested from the publisher on its behalf; its subscribe connection answers an ICE
+//! check that overtook the SDP answer, and does not wait a second to repeat a lost ClientHello.
 
 mod common;
 

@@ -51,8 +51,9 @@ const MAX_ADDRS_PER_PEER: usize = 8;
 /// Most STUN messages kept for a connection that has no answer yet (one check per candidate
 /// pair, plus retransmissions).
 const MAX_EARLY_STUN: usize = 8;
-/// When an unanswered ClientHello is first sent again (then after twice as long each time,
-/// while it stays under `HELLO_RESEND_LAST`); `rtc` itself waits a second.
+/// When an unanswered ClientHello is first sent again; then again after twice as long each
+/// time, while that wait is at most `HELLO_RESEND_LAST` (so at 50, 150 and 350 ms). `rtc`
+/// itself waits a second.
 const HELLO_RESEND_FIRST: Duration = Duration::from_millis(50);
 const HELLO_RESEND_LAST: Duration = Duration::from_millis(200);
 /// Most m-lines a publish offer may carry (microphone, camera, screen, screen audio, spare).
