@@ -18,6 +18,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::json;
+use switchboard::media::demux::is_dtls_client_hello;
 use switchboard::media::peer::add_host_candidate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -228,10 +229,6 @@ impl HandDriven {
     }
 }
 
-fn is_client_hello(datagram: &[u8]) -> bool {
-    datagram.len() > 13 && datagram[0] == 22 && datagram[13] == 1
-}
-
 /// A client starts its ICE checks as soon as it has answered, and the answer travels over the
 /// WebSocket while the checks take the shorter way: the subscribe connection then sees a check
 /// before it knows the client's credentials. It must answer that check once the answer is in,
@@ -286,7 +283,7 @@ async fn an_unanswered_client_hello_is_sent_again_long_before_a_second() {
         let check = sub.next_check().await;
         sub.send(&check).await;
         while let Some((bytes, from)) = sub.recv(Duration::from_millis(50)).await {
-            if is_client_hello(&bytes) {
+            if is_dtls_client_hello(&bytes) {
                 break 'ice (bytes, Instant::now());
             }
             sub.receive(&bytes, from);
