@@ -76,8 +76,8 @@ pub struct Media {
     /// Every publisher's audio and video clocks start at its join, rather than at a random
     /// phase within the first frame interval.
     pub aligned_clocks: bool,
-    /// Send times are tokio's whole milliseconds (the load of the sessions before 19:00 UTC on
-    /// 2026-11-22) rather than each publisher's own instants (`timer.rs`).
+    /// Send times are tokio's whole milliseconds (the load of every session before `3dc4f3e`,
+    /// 20:40 UTC on 2026-11-22) rather than each publisher's own instants (`timer.rs`).
     pub tokio_timer: bool,
 }
 
