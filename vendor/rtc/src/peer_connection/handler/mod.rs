@@ -508,7 +508,36 @@ impl RTCPeerConnection {
             }
         }));
 
-        // Finally, put intermediate_routs into RTCPeerConnection's routs
+        self.deliver_reads(intermediate_routs);
+    }
+
+    /// `pump_reads` after `read_srtp_direct` took a packet: it waits in the SRTP handler, and
+    /// the five handlers before SRTP had nothing queued (`read_srtp_direct` checks), so only
+    /// SRTP, the interceptors and the endpoint are walked. Anything the five produced since
+    /// (nothing does on a read) is pumped by the next `poll_read` that finds the output
+    /// queues empty.
+    ///
+    /// Switchboard patch (vendor/rtc/SWITCHBOARD.md).
+    fn pump_reads_after_srtp(&mut self) {
+        let mut intermediate_routs = VecDeque::<TaggedRTCMessageInternal>::new();
+
+        use sansio::Protocol;
+        process_handler_list!(call_macro: process_handler!(self, handler, {
+            while let Some(msg) = intermediate_routs.pop_front() {
+                if let Err(err) = handler.handle_read(msg) {
+                    warn!("{}.handle_read got error: {}", handler.name(), err);
+                }
+            }
+            while let Some(msg) = handler.poll_read() {
+                intermediate_routs.push_back(msg);
+            }
+        }), [get_srtp_handler, get_interceptor_handler, get_endpoint_handler]);
+
+        self.deliver_reads(intermediate_routs);
+    }
+
+    /// Moves what came out of the last handler into the application's output queues.
+    fn deliver_reads(&mut self, mut intermediate_routs: VecDeque<TaggedRTCMessageInternal>) {
         while let Some(msg) = intermediate_routs.pop_front() {
             let rtc_message = match msg.message {
                 RTCMessageInternal::Dtls(DTLSMessage::DataChannel(application_message)) => {
@@ -611,13 +640,22 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
             transport: msg.transport,
             message: RTCMessageInternal::Raw(msg.message),
         };
-        let msg = self.read_srtp_direct(msg);
-        self.pump_reads(msg);
+        match self.read_srtp_direct(msg) {
+            Some(msg) => self.pump_reads(Some(msg)),
+            None => self.pump_reads_after_srtp(),
+        }
         Ok(())
     }
 
     fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.pump_reads(None);
+        // What is queued already goes out before anything a pump would add behind it, so the
+        // handlers are walked only once both queues are empty (Switchboard patch,
+        // vendor/rtc/SWITCHBOARD.md): not once more for every message handed out.
+        if self.pipeline_context.media_read_outs.is_empty()
+            && self.pipeline_context.data_read_outs.is_empty()
+        {
+            self.pump_reads(None);
+        }
 
         if let (Some(data), Some(media)) = (
             self.pipeline_context.data_read_outs.front(),
@@ -903,6 +941,71 @@ mod handler_test {
         }
         assert_eq!(kinds.len(), 2, "poll_read must still drain everything");
         assert!(kinds.contains(&true) && kinds.contains(&false));
+    }
+
+    /// `poll_read` hands out what is queued for the application before it walks the handlers,
+    /// and walks them once the queues are empty: a message still waiting in a handler comes
+    /// out after the queued ones, and nothing is left behind (Switchboard patch 8).
+    #[test]
+    fn poll_read_hands_out_the_queue_before_pumping_the_handlers() {
+        let base = Instant::now();
+        let t = |millis| base + Duration::from_millis(millis);
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .build(base)
+            .expect("build peer connection");
+        let rtp = |seq: u16| {
+            let mut packet = ::rtp::packet::Packet::default();
+            packet.header.sequence_number = seq;
+            packet
+        };
+        for seq in [1, 2] {
+            pc.pipeline_context
+                .media_read_outs
+                .push_back(TaggedRTCMessage {
+                    now: t(u64::from(seq)),
+                    message: RTCMessage::RtpPacket(Default::default(), rtp(seq)),
+                });
+        }
+        // A later packet the endpoint handler has read but not yet handed on.
+        pc.pipeline_context
+            .endpoint_handler_context
+            .read_outs
+            .push_back(TaggedRTCMessageInternal {
+                now: t(3),
+                transport: TransportContext::default(),
+                message: RTCMessageInternal::Rtp(RTPMessage::TrackPacket(
+                    crate::peer_connection::message::internal::TrackPacket {
+                        track_id: Default::default(),
+                        packet: Packet::Rtp(rtp(3)),
+                    },
+                )),
+            });
+
+        let mut order = vec![];
+        while let Some(msg) = pc.poll_read() {
+            let RTCMessage::RtpPacket(_, packet) = msg.message else {
+                panic!("only RTP was queued");
+            };
+            order.push(packet.header.sequence_number);
+            if order.len() == 1 {
+                assert_eq!(
+                    pc.pipeline_context.endpoint_handler_context.read_outs.len(),
+                    1,
+                    "a queued message goes out without a walk of the handlers"
+                );
+            }
+        }
+        assert_eq!(
+            order,
+            vec![1, 2, 3],
+            "queued first, then what the walk found"
+        );
+        assert!(
+            pc.pipeline_context
+                .endpoint_handler_context
+                .read_outs
+                .is_empty()
+        );
     }
 
     /// The instant the application supplies on `handle_write` is the one the core stamps the
