@@ -66,6 +66,14 @@ const SPEAKER_THRESHOLD: u32 = 60;
 /// end: one `sendmmsg` batch. A burst of input (a keyframe to 19 legs is 285 packets) then
 /// leaves as it is forwarded, rather than its first packet waiting for its last.
 const SEND_AT: usize = BATCH;
+/// How late the loop may handle a lax timer (`Worker::next_deadlines`) so that it shares a
+/// wake-up with the datagrams: a timer that comes due while media flows is handled by the turn
+/// of the next datagram instead of a wake-up of its own. In a room of two, ~350 datagrams a
+/// second arrive ~3 ms apart, so 5 ms absorbs most of the ~40 timer wake-ups a second that
+/// the connections' RTCP reports, TWCC feedback and NACK generation otherwise cost
+/// (docs/performance.md, "Timer slack"). Lateness of a few milliseconds on 100 ms to 1 s
+/// intervals changes nothing a client sees.
+const TIMER_SLACK: Duration = Duration::from_millis(5);
 /// Longest the loop sleeps when no timer is due.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
@@ -146,6 +154,11 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     /// Participants to remove once the current step is done (e.g. their queue overflowed).
     doomed: Vec<(ParticipantId, LeaveReason)>,
     next_speaker_check: Instant,
+    /// The earliest timer deadline when the loop last went to sleep (`None` inside it: no
+    /// timer at all), so a turn before it skips the scan of every peer's and track's timers.
+    /// Unset (`None` outside), the turn scans: deadlines set since are all later than the
+    /// turn that set them.
+    timers_due: Option<Option<Instant>>,
     stopped: bool,
     /// No more joins: the server is going away.
     shutting_down: bool,
@@ -158,9 +171,9 @@ impl Worker<BatchSocket> {
         info!(addr = %self.host, "media worker started");
         while !self.stopped {
             let now = Instant::now();
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            let (strict, lax) = self.next_deadlines();
+            self.timers_due = Some(strict.into_iter().chain(lax).min());
+            let timeout = sleep_until_due(now, strict, lax);
             wait(
                 [self.socket.raw_fd(), self.inbox.waker.raw_fd()],
                 Some(timeout.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)),
@@ -199,6 +212,7 @@ impl<D: Datagrams> Worker<D> {
             unsent: 0,
             doomed: Vec::new(),
             next_speaker_check: Instant::now(),
+            timers_due: None,
             stopped: false,
             shutting_down: false,
         }
@@ -255,7 +269,13 @@ impl<D: Datagrams> Worker<D> {
             }
         }
         self.batch = batch;
-        self.handle_timers(now);
+        if self
+            .timers_due
+            .take()
+            .is_none_or(|due| due.is_some_and(|t| t <= now))
+        {
+            self.handle_timers(now);
+        }
         self.reap();
         self.flush();
         if datagrams > 0 {
@@ -263,21 +283,30 @@ impl<D: Datagrams> Worker<D> {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let peers = self
-            .peers
-            .values()
-            .flat_map(|p| {
-                [
-                    p.next_timeout,
-                    p.next_sender_report,
-                    p.hello_resend.as_ref().map(|h| h.at),
-                ]
-            })
-            .flatten();
-        let keyframes = self.tracks.values().filter_map(|t| t.keyframes.deadline());
-        let speaker = (!self.rooms.is_empty()).then_some(self.next_speaker_check);
-        peers.chain(keyframes).chain(speaker).min()
+    /// The earliest deadline that must be met on time (connection setup, ClientHello resends,
+    /// keyframe requests: a joining participant waits on them), and the earliest that may be
+    /// met up to `TIMER_SLACK` late (the timers of connected peers: RTCP reports and feedback,
+    /// NACK generation, consent; sender reports; the speaker check).
+    fn next_deadlines(&self) -> (Option<Instant>, Option<Instant>) {
+        let (mut strict, mut lax) = (None, None);
+        let earliest = |slot: &mut Option<Instant>, at: Option<Instant>| {
+            if let Some(at) = at {
+                *slot = Some(slot.map_or(at, |s: Instant| s.min(at)));
+            }
+        };
+        for p in self.peers.values() {
+            let timer = if p.connected { &mut lax } else { &mut strict };
+            earliest(timer, p.next_timeout);
+            earliest(&mut lax, p.next_sender_report);
+            earliest(&mut strict, p.hello_resend.as_ref().map(|h| h.at));
+        }
+        for t in self.tracks.values() {
+            earliest(&mut strict, t.keyframes.deadline());
+        }
+        if !self.rooms.is_empty() {
+            earliest(&mut lax, Some(self.next_speaker_check));
+        }
+        (strict, lax)
     }
 
     // ---- commands -----------------------------------------------------------------------
@@ -1929,6 +1958,19 @@ impl<D: Datagrams> Worker<D> {
     }
 }
 
+/// How long the loop may sleep at `now` with the earliest `strict` and `lax` deadlines
+/// (`Worker::next_deadlines`): until the strict one, or `TIMER_SLACK` past the lax one.
+/// `None` when nothing is due ever.
+fn sleep_until_due(
+    now: Instant,
+    strict: Option<Instant>,
+    lax: Option<Instant>,
+) -> Option<Duration> {
+    let strict = strict.map(|d| d.saturating_duration_since(now));
+    let lax = lax.map(|d| d.saturating_duration_since(now) + TIMER_SLACK);
+    strict.into_iter().chain(lax).min()
+}
+
 /// Applies a publish offer and returns the answer's SDP, or why it could not.
 fn apply_offer(
     pc: &mut rtc::peer_connection::RTCPeerConnection,
@@ -2054,6 +2096,29 @@ mod tests {
         };
         remap_extensions(&mut header, &ext_in, &ext_out);
         assert!(!header.extension);
+    }
+
+    #[test]
+    fn lax_timers_wait_for_the_slack_and_strict_ones_do_not() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(sleep_until_due(now, None, None), None);
+        assert_eq!(sleep_until_due(now, Some(now + ms(20)), None), Some(ms(20)));
+        assert_eq!(
+            sleep_until_due(now, None, Some(now + ms(20))),
+            Some(ms(20) + TIMER_SLACK)
+        );
+        // A lax timer already due still waits for the slack: a datagram may come first.
+        assert_eq!(sleep_until_due(now, None, Some(now)), Some(TIMER_SLACK));
+        // The earlier of the two wins.
+        assert_eq!(
+            sleep_until_due(now, Some(now + ms(2)), Some(now)),
+            Some(ms(2))
+        );
+        assert_eq!(
+            sleep_until_due(now, Some(now + ms(100)), Some(now + ms(20))),
+            Some(ms(20) + TIMER_SLACK)
+        );
     }
 
     #[test]
