@@ -71,7 +71,8 @@ const SEND_AT: usize = BATCH;
 /// of the next datagram instead of a wake-up of its own. In a room of two, ~350 datagrams a
 /// second arrive ~3 ms apart, so 5 ms absorbs most of the ~40 timer wake-ups a second that
 /// the connections' RTCP reports, TWCC feedback and NACK generation otherwise cost
-/// (docs/performance.md, "Timer slack"). Lateness of a few milliseconds on 100 ms to 1 s
+/// (docs/design.md, "Timers of connected peers run up to 5 ms late"; measured in
+/// docs/performance.md, "Small rooms"). Lateness of a few milliseconds on 100 ms to 1 s
 /// intervals changes nothing a client sees.
 const TIMER_SLACK: Duration = Duration::from_millis(5);
 /// Longest the loop sleeps when no timer is due.
@@ -154,10 +155,10 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     /// Participants to remove once the current step is done (e.g. their queue overflowed).
     doomed: Vec<(ParticipantId, LeaveReason)>,
     next_speaker_check: Instant,
-    /// The earliest timer deadline when the loop last went to sleep (`None` inside it: no
-    /// timer at all), so a turn before it skips the scan of every peer's and track's timers.
-    /// Unset (`None` outside), the turn scans: deadlines set since are all later than the
-    /// turn that set them.
+    /// The earliest timer deadline when the loop last went to sleep (`Some(None)`: no timer
+    /// at all), so that a turn before it skips the scan of every peer's and track's timers:
+    /// deadlines set since are all later than the turn that set them. `None` (a turn not
+    /// started by `run`, as in the benches) scans.
     timers_due: Option<Option<Instant>>,
     stopped: bool,
     /// No more joins: the server is going away.
