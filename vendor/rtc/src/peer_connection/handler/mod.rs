@@ -99,6 +99,26 @@ macro_rules! for_each_handler {
     };
 }
 
+/// One read walk over the handlers listed: each handler reads what is in `$routs`, and what it
+/// lets out is what the next one reads (`pump_reads` walks all eight, `pump_reads_after_srtp`
+/// the three after the demuxer's, ICE's, DTLS's, SCTP's and the data channels'; Switchboard
+/// patch 8, vendor/rtc/SWITCHBOARD.md).
+macro_rules! walk_reads {
+    ($self:expr, $routs:ident, [$($getter:ident),+]) => {{
+        use sansio::Protocol;
+        process_handler_list!(call_macro: process_handler!($self, handler, {
+            while let Some(msg) = $routs.pop_front() {
+                if let Err(err) = handler.handle_read(msg) {
+                    warn!("{}.handle_read got error: {}", handler.name(), err);
+                }
+            }
+            while let Some(msg) = handler.poll_read() {
+                $routs.push_back(msg);
+            }
+        }), [$($getter),+])
+    }};
+}
+
 pub(crate) struct PipelineContext {
     // Handler contexts
     pub(crate) demuxer_handler_context: DemuxerHandlerContext,
@@ -496,17 +516,7 @@ impl RTCPeerConnection {
             intermediate_routs.push_back(msg);
         }
 
-        use sansio::Protocol;
-        for_each_handler!(forward: process_handler!(self, handler, {
-            while let Some(msg) = intermediate_routs.pop_front() {
-                if let Err(err) = handler.handle_read(msg) {
-                    warn!("{}.handle_read got error: {}", handler.name(), err);
-                }
-            }
-            while let Some(msg) = handler.poll_read() {
-                intermediate_routs.push_back(msg);
-            }
-        }));
+        forward_handlers!(walk_reads!(self, intermediate_routs));
 
         self.deliver_reads(intermediate_routs);
     }
@@ -521,17 +531,15 @@ impl RTCPeerConnection {
     fn pump_reads_after_srtp(&mut self) {
         let mut intermediate_routs = VecDeque::<TaggedRTCMessageInternal>::new();
 
-        use sansio::Protocol;
-        process_handler_list!(call_macro: process_handler!(self, handler, {
-            while let Some(msg) = intermediate_routs.pop_front() {
-                if let Err(err) = handler.handle_read(msg) {
-                    warn!("{}.handle_read got error: {}", handler.name(), err);
-                }
-            }
-            while let Some(msg) = handler.poll_read() {
-                intermediate_routs.push_back(msg);
-            }
-        }), [get_srtp_handler, get_interceptor_handler, get_endpoint_handler]);
+        walk_reads!(
+            self,
+            intermediate_routs,
+            [
+                get_srtp_handler,
+                get_interceptor_handler,
+                get_endpoint_handler
+            ]
+        );
 
         self.deliver_reads(intermediate_routs);
     }
