@@ -18,6 +18,7 @@ mod client;
 mod compare;
 mod janus;
 mod report;
+mod sched;
 mod server;
 mod timer;
 
@@ -131,6 +132,12 @@ pub struct Args {
     /// self-inflicted traffic out of the server's figures.
     #[arg(long)]
     no_nack: bool,
+    /// Run the clients in the SCHED_IDLE class, so that the server under test is never
+    /// preempted by them nor waits behind them, as when the clients are other machines. The raw
+    /// baseline and a --spawn'ed server keep the normal class. Leaving SCHED_IDLE again needs
+    /// CAP_SYS_NICE (root).
+    #[arg(long)]
+    sched_idle: bool,
     /// Seconds of the raw SRTP + sendmmsg baseline after the run (0: skip it).
     #[arg(long, default_value_t = 3.0)]
     baseline_secs: f64,
@@ -155,6 +162,10 @@ fn main() -> anyhow::Result<()> {
     }
     if args.participants < 1 || args.rooms < 1 {
         bail!("--rooms and --participants must be at least 1");
+    }
+    if args.sched_idle {
+        // Before the runtime: its threads, and every thread the clients start, inherit it.
+        sched::idle().context("--sched-idle")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -304,7 +315,14 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         eprintln!("  raw baseline: SRTP-encrypt + sendmmsg of the same packets over loopback");
         let mix = shared.media.packet_mix();
         let secs = args.baseline_secs;
-        Some(tokio::task::spawn_blocking(move || baseline::measure(&mix, secs)).await??)
+        Some(
+            tokio::task::spawn_blocking(move || {
+                // The baseline stands for a server: it runs in the server's class.
+                sched::normal_if_idle().context("the raw baseline leaves SCHED_IDLE")?;
+                baseline::measure(&mix, secs)
+            })
+            .await??,
+        )
     } else {
         None
     };

@@ -21,6 +21,8 @@ pub struct Report {
     pub aligned_clocks: bool,
     /// Send times on tokio's millisecond ticks rather than each publisher's own instants.
     pub tokio_timer: bool,
+    /// The clients ran in the SCHED_IDLE class (`--sched-idle`).
+    pub sched_idle: bool,
     pub duration_s: f64,
     pub video_pairs_flowing: usize,
     pub video_pairs: usize,
@@ -149,6 +151,7 @@ impl Report {
             pacing: args.pacing,
             aligned_clocks: args.aligned_clocks,
             tokio_timer: args.tokio_timer,
+            sched_idle: args.sched_idle,
             duration_s: secs,
             video_pairs_flowing: flowing,
             video_pairs: pairs,
@@ -265,6 +268,7 @@ impl Report {
             "pacing": self.pacing,
             "aligned_clocks": self.aligned_clocks,
             "tokio_timer": self.tokio_timer,
+            "sched_idle": self.sched_idle,
             "duration_s": self.duration_s,
             "video_pairs_flowing": self.video_pairs_flowing,
             "video_pairs": self.video_pairs,
@@ -340,6 +344,15 @@ impl Report {
                     "own send instants"
                 },
             ),
+        );
+        row(
+            "clients' scheduling class",
+            if self.sched_idle {
+                "SCHED_IDLE (the server always runs first)"
+            } else {
+                "normal (shares the cores with the server)"
+            }
+            .to_owned(),
         );
         row("measured for (s)", format!("{:.1}", self.duration_s));
         row(

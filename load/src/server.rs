@@ -84,7 +84,8 @@ impl Server {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
         let udp_port = free_udp_port()?;
         let data_dir = TempDir::new()?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--http-addr", &http.to_string()])
             .args(["--udp-port", &udp_port.to_string()])
             .arg("--data-dir")
@@ -95,7 +96,9 @@ impl Server {
                 std::env::var("SWITCHBOARD_LOAD_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        // The server under test runs in the normal class even when the clients are idle ones.
+        let child = crate::sched::spawn_normal(&mut command)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let server = Self {

@@ -1,0 +1,107 @@
+//! `--sched-idle`: the clients yield the CPU to the server under test.
+//!
+//! On a machine that runs the clients and the server together, every datagram the server sends
+//! wakes a client thread, and the scheduler may let that thread preempt the server in the middle
+//! of its `sendmmsg` batch; when both cores are busy the server also waits behind the clients to
+//! be woken at all. Neither happens when the clients are other machines, as in a deployment. In
+//! the `SCHED_IDLE` class the clients run only when nothing else wants the CPU, so what the
+//! harness measures is the server's own cost and delay (docs/performance.md, "The load tool's
+//! scheduling"). The raw baseline and a server the tool starts keep the normal class.
+
+use std::io;
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+
+/// Puts the calling thread in `policy` at priority 0 (the only one `SCHED_OTHER` and
+/// `SCHED_IDLE` take). Threads it creates afterwards inherit the class.
+fn set_policy(policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param, and pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The calling thread, and every thread it creates from now on, runs at `SCHED_IDLE`.
+pub fn idle() -> io::Result<()> {
+    set_policy(libc::SCHED_IDLE)
+}
+
+/// The calling thread leaves `SCHED_IDLE` for the normal class (what a server, or the raw
+/// baseline that stands for one, runs in). Any other class is left as it is.
+///
+/// Async-signal-safe: it is also what a spawned server runs between `fork` and `exec`.
+pub fn normal_if_idle() -> io::Result<()> {
+    // SAFETY: sched_getscheduler(0) only reads the calling thread's class.
+    if unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE {
+        set_policy(libc::SCHED_OTHER)
+    } else {
+        Ok(())
+    }
+}
+
+/// `command`'s process starts in the normal class even when the caller is an idle client.
+pub fn spawn_normal(command: &mut Command) -> &mut Command {
+    // SAFETY: `normal_if_idle` makes two system calls and allocates nothing, so it is
+    // async-signal-safe, as code between fork and exec must be.
+    unsafe { command.pre_exec(normal_if_idle) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> libc::c_int {
+        // SAFETY: as above.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn idle_is_inherited_by_new_threads_and_normal_if_idle_leaves_it() {
+        std::thread::spawn(|| {
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            idle().expect("any thread may lower its own class");
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            let child = std::thread::spawn(policy).join().unwrap();
+            assert_eq!(
+                child,
+                libc::SCHED_IDLE,
+                "threads created afterwards inherit it"
+            );
+            normal_if_idle().expect("SCHED_IDLE → SCHED_OTHER");
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            normal_if_idle().expect("a no-op in the normal class");
+            assert_eq!(policy(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_server_spawned_by_an_idle_client_runs_in_the_normal_class() {
+        // The 41st field of /proc/<pid>/stat is the scheduling policy, here that of `cat`.
+        let child_policy = |normal: bool| {
+            let mut command = Command::new("cat");
+            command.arg("/proc/self/stat");
+            if normal {
+                spawn_normal(&mut command);
+            }
+            let stat = String::from_utf8(command.output().expect("run cat").stdout).unwrap();
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            fields[41 - 3].parse::<libc::c_int>().unwrap()
+        };
+        std::thread::spawn(move || {
+            idle().unwrap();
+            assert_eq!(
+                child_policy(false),
+                libc::SCHED_IDLE,
+                "a plain child inherits it"
+            );
+            assert_eq!(child_policy(true), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
+    }
+}
