@@ -11,7 +11,8 @@
 #      CONFIGS ("ROOMSxPARTICIPANTS ...", default "1x2 1x4 1x20 5x4 10x2"),
 #      LOAD_ARGS (extra switchboard-load flags, default "--no-nack": on a 2-core machine the
 #      load tool's receivers fall behind at 20 participants and their NACKs would make the
-#      server retransmit; see docs/performance.md).
+#      server retransmit; add "--sched-idle" for clients that never delay the server, see
+#      docs/performance.md, "The clients' scheduling class").
 # Only loopback addresses are used. Numbers depend on what else runs: `uptime` is recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
