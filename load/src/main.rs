@@ -133,7 +133,9 @@ pub struct Args {
     #[arg(long)]
     no_nack: bool,
     /// Run the clients in the SCHED_IDLE class, so that the server under test is never
-    /// preempted by them nor waits behind them, as when the clients are other machines. The raw
+    /// preempted by them nor waits behind them, as when the clients are other machines: it
+    /// then runs as each datagram arrives (less delay, and at 20 participants more CPU per
+    /// packet than when it batches what queued while it waited; docs/performance.md). The raw
     /// baseline and a --spawn'ed server keep the normal class. Leaving SCHED_IDLE again needs
     /// CAP_SYS_NICE (root).
     #[arg(long)]

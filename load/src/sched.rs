@@ -3,10 +3,12 @@
 //! On a machine that runs the clients and the server together, every datagram the server sends
 //! wakes a client thread, and the scheduler may let that thread preempt the server in the middle
 //! of its `sendmmsg` batch; when both cores are busy the server also waits behind the clients to
-//! be woken at all. Neither happens when the clients are other machines, as in a deployment. In
-//! the `SCHED_IDLE` class the clients run only when nothing else wants the CPU, so what the
-//! harness measures is the server's own cost and delay (docs/performance.md, "The load tool's
-//! scheduling"). The raw baseline and a server the tool starts keep the normal class.
+//! be woken at all. Neither happens when the clients are other machines. In the `SCHED_IDLE`
+//! class the clients run only when nothing else wants the CPU, so the server runs as soon as a
+//! datagram arrives: its delay is then its own, and its CPU per packet is that of a server
+//! woken for nearly every datagram, not one that batches what queued while it waited for a
+//! core (docs/performance.md, "The clients' scheduling class"). The raw baseline and a server
+//! the tool starts keep the normal class.
 
 use std::io;
 use std::os::unix::process::CommandExt as _;
