@@ -14,21 +14,18 @@ use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 
-/// Puts the calling thread in `policy` at priority 0 (the only one `SCHED_OTHER` and
-/// `SCHED_IDLE` take). Threads it creates afterwards inherit the class.
-fn set_policy(policy: libc::c_int) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param, and pid 0 is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+use switchboard::media::net::set_thread_scheduler;
+
+/// The calling thread's scheduling class.
+fn policy() -> libc::c_int {
+    // SAFETY: sched_getscheduler(0) only reads the calling thread's class.
+    unsafe { libc::sched_getscheduler(0) }
 }
 
-/// The calling thread, and every thread it creates from now on, runs at `SCHED_IDLE`.
+/// The calling thread, and every thread it creates from now on, runs at `SCHED_IDLE` (whose
+/// only priority is 0).
 pub fn idle() -> io::Result<()> {
-    set_policy(libc::SCHED_IDLE)
+    set_thread_scheduler(libc::SCHED_IDLE, 0)
 }
 
 /// The calling thread leaves `SCHED_IDLE` for the normal class (what a server, or the raw
@@ -36,9 +33,8 @@ pub fn idle() -> io::Result<()> {
 ///
 /// Async-signal-safe: it is also what a spawned server runs between `fork` and `exec`.
 pub fn normal_if_idle() -> io::Result<()> {
-    // SAFETY: sched_getscheduler(0) only reads the calling thread's class.
-    if unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE {
-        set_policy(libc::SCHED_OTHER)
+    if policy() == libc::SCHED_IDLE {
+        set_thread_scheduler(libc::SCHED_OTHER, 0)
     } else {
         Ok(())
     }
@@ -54,11 +50,6 @@ pub fn spawn_normal(command: &mut Command) -> &mut Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy() -> libc::c_int {
-        // SAFETY: as above.
-        unsafe { libc::sched_getscheduler(0) }
-    }
 
     #[test]
     fn idle_is_inherited_by_new_threads_and_normal_if_idle_leaves_it() {

@@ -94,6 +94,21 @@ pub fn thread_cpu_time() -> std::time::Duration {
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Puts the calling thread in scheduling class `policy` at `priority`; threads it creates
+/// afterwards inherit both. The media workers' `SCHED_FIFO` (`--media-rt-priority`) and the
+/// load tool's idle-class clients (`--sched-idle`) go through it.
+pub fn set_thread_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param, and pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn clock_now(clock: libc::clockid_t) -> libc::timespec {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -30,7 +30,7 @@ use super::demux::{DatagramKind, classify, is_dtls_client_hello, stun_binding_lo
 use super::history::RtpHistory;
 use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::{Munger, Rewrite};
-use super::net::{BATCH, BatchSocket, Datagrams, RealTime, wait};
+use super::net::{BATCH, BatchSocket, Datagrams, RealTime, set_thread_scheduler, wait};
 use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
 use super::room::{
     DownTrack, HelloResend, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Touched, Track,
@@ -115,15 +115,7 @@ pub fn spawn(
 /// shares its cores with other busy processes otherwise waits for the scheduler with packets
 /// queued (docs/performance.md: the p99 of the server-added delay at 1 × 20 on two cores).
 fn set_realtime_priority(priority: u8) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: i32::from(priority),
-    };
-    // SAFETY: `param` is a valid sched_param, and pid 0 is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_thread_scheduler(libc::SCHED_FIFO, i32::from(priority))
 }
 
 pub struct Worker<D: Datagrams = BatchSocket> {
