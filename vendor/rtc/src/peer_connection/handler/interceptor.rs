@@ -285,9 +285,9 @@ impl<'a> InterceptorHandler<'a> {
             return false;
         };
 
-        // Get kind and mid before borrowing receiver mutably
+        // Get kind before borrowing receiver mutably (the mid is looked up again below, only
+        // for a stream being established: cloning it here cost an allocation per packet)
         let kind = transceiver.kind();
-        let mid = transceiver.mid().clone().unwrap_or_default();
 
         let Some(receiver) = transceiver.receiver_mut() else {
             return false;
@@ -399,6 +399,7 @@ impl<'a> InterceptorHandler<'a> {
         let stream_id = receiver.track().stream_id().to_owned();
         let new_entry = receiver.track_mut().set_codec_by_ssrc(codec, ssrc);
         assert!(!new_entry);
+        let mid = self.rtp_transceivers[id].mid().clone().unwrap_or_default();
 
         // Create inbound stream accumulator before firing OnOpen event
         self.stats
