@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{Participant, Received, TestServer, sequence_gaps};
@@ -51,6 +52,64 @@ async fn each_receives_the_others_audio_and_video() {
             video.first_payload[1] & 0x01,
             0,
             "video starts at a keyframe"
+        );
+    }
+}
+
+/// The server tells each publisher how its media arrives, as `rtc`'s interceptors on the
+/// publish connection do it: RTCP receiver reports about both of its tracks once a second, and
+/// transport-wide congestion control feedback every 100 ms. While only media arrives, the
+/// worker takes those interceptors' deadlines from `poll_timeout_after_srtp_reads`; were they
+/// missed, the feedback would wait for the connection's next other timer (ICE's, every
+/// 200 ms) and come half as often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishers_get_reception_feedback_on_time() {
+    let (_server, alice, bob) = call_of_two("both tracks flowing", |t| t.packets >= 20).await;
+    // (transport-wide feedback packets, reception reports per track by SSRC)
+    let counts = |p: &Participant| -> (u64, Vec<u64>) {
+        let mut by_ssrc: Vec<(u32, u64)> = p
+            .feedback
+            .receiver_reports
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(ssrc, n)| (*ssrc, *n))
+            .collect();
+        by_ssrc.sort();
+        (
+            p.feedback.transport_cc.load(Ordering::SeqCst),
+            by_ssrc.into_iter().map(|(_, n)| n).collect(),
+        )
+    };
+    for p in [&alice, &bob] {
+        p.wait_for(
+            "a receiver report on both tracks",
+            Duration::from_secs(5),
+            |p| {
+                let (_, reports) = counts(p);
+                reports.len() == 2 && reports.iter().all(|n| *n >= 1)
+            },
+        )
+        .await;
+    }
+    let before = [counts(&alice), counts(&bob)];
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (p, (cc_before, reports_before)) in [&alice, &bob].into_iter().zip(before) {
+        let (cc, reports) = counts(p);
+        let added: Vec<u64> = reports
+            .iter()
+            .zip(&reports_before)
+            .map(|(a, b)| a - b)
+            .collect();
+        assert!(
+            added.iter().all(|n| *n >= 3),
+            "reception reports per track in 4 s: {added:?}"
+        );
+        // 40 expected; 20 if they waited for ICE's timer.
+        assert!(
+            cc - cc_before >= 30,
+            "transport-wide feedback packets in 4 s: {}",
+            cc - cc_before
         );
     }
 }

@@ -37,7 +37,7 @@ async fn newcomer_gets_existing_tracks_from_a_keyframe() {
     .await;
     // Let the publishers' periodic keyframe pass so the newcomer depends on a requested one.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let plis_before = a.plis.load(Ordering::SeqCst);
+    let plis_before = a.feedback.plis.load(Ordering::SeqCst);
 
     let late = Participant::join(&server, "late", "late", false).await;
     let existing = late.joined["tracks"].as_array().unwrap().len();
@@ -65,7 +65,7 @@ async fn newcomer_gets_existing_tracks_from_a_keyframe() {
         );
     }
     assert!(
-        a.plis.load(Ordering::SeqCst) > plis_before,
+        a.feedback.plis.load(Ordering::SeqCst) > plis_before,
         "the server asked the publisher for a keyframe for the newcomer"
     );
 }
@@ -87,7 +87,7 @@ async fn keyframe_requests_are_throttled_to_two_per_second_per_track() {
         .await;
     }
     assert!(
-        a.plis.load(Ordering::SeqCst) >= 1,
+        a.feedback.plis.load(Ordering::SeqCst) >= 1,
         "at least one keyframe request reached the publisher for the joins"
     );
 
@@ -104,7 +104,7 @@ async fn keyframe_requests_are_throttled_to_two_per_second_per_track() {
         };
         requests.push((w.remote.lock().unwrap()[&track_id].clone(), ssrc));
     }
-    let plis = a.plis.load(Ordering::SeqCst);
+    let plis = a.feedback.plis.load(Ordering::SeqCst);
     let start = std::time::Instant::now();
     for _ in 0..40 {
         for (track, ssrc) in &requests {
@@ -119,7 +119,7 @@ async fn keyframe_requests_are_throttled_to_two_per_second_per_track() {
     // The last merged request leaves at the end of its interval.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let intervals = (start.elapsed().as_millis() / 500) as u64 + 1;
-    let reached = a.plis.load(Ordering::SeqCst) - plis;
+    let reached = a.feedback.plis.load(Ordering::SeqCst) - plis;
     assert!(
         (2..=intervals).contains(&reached),
         "{reached} keyframe requests reached the publisher in {intervals} half-second intervals"

@@ -909,11 +909,16 @@ impl<D: Datagrams> Worker<D> {
     }
 
     fn touch(&mut self, id: PeerId) {
+        self.touch_with(id, Touched::Yes);
+    }
+
+    /// Notes that `how` reached peer `id` since its last drain (`Touched`).
+    fn touch_with(&mut self, id: PeerId, how: Touched) {
         if let Some(peer) = self.peers.get_mut(&id) {
             if peer.touched == Touched::No {
                 self.touched.push(id);
             }
-            peer.touched = Touched::Yes;
+            peer.touched = peer.touched.and(how);
         }
     }
 
@@ -985,11 +990,16 @@ impl<D: Datagrams> Worker<D> {
             },
             message: bytes,
         };
-        if let Err(err) = peer.pc.handle_read(msg) {
-            debug!(%from, %err, "peer rejected a datagram");
-            self.stats.drop(Drop::PeerRejected);
-        }
-        self.touch(peer_id);
+        let how = match peer.pc.handle_read_settled(msg) {
+            Ok(true) => Touched::ReadSrtp,
+            Ok(false) => Touched::Yes,
+            Err(err) => {
+                debug!(%from, %err, "peer rejected a datagram");
+                self.stats.drop(Drop::PeerRejected);
+                Touched::Yes
+            }
+        };
+        self.touch_with(peer_id, how);
         self.drain_peer(now, peer_id);
     }
 
@@ -1098,7 +1108,14 @@ impl<D: Datagrams> Worker<D> {
                 return;
             };
             let (owner, kind) = (peer.owner, peer.kind);
-            if let Some(msg) = peer.pc.poll_read() {
+            // After reads only (`Touched::ReadSrtp`), everything is queued already.
+            let settled = peer.touched == Touched::ReadSrtp;
+            let msg = if settled {
+                peer.pc.poll_read_queued()
+            } else {
+                peer.pc.poll_read()
+            };
+            if let Some(msg) = msg {
                 match msg.message {
                     RTCMessage::RtpPacket(rtc_track_id, packet) if kind == PcKind::Publish => {
                         let track = self
@@ -1140,7 +1157,14 @@ impl<D: Datagrams> Worker<D> {
                 }
                 continue;
             }
-            if let Some(event) = peer.pc.poll_event() {
+            let event = if settled {
+                peer.pc.poll_event_queued()
+            } else {
+                peer.pc.poll_event()
+            };
+            if let Some(event) = event {
+                // Handling an event may act on the connection: the drains walk it again.
+                self.touch(peer_id);
                 self.handle_peer_event(now, peer_id, event);
                 continue;
             }
@@ -1618,10 +1642,10 @@ impl<D: Datagrams> Worker<D> {
             self.stats.rtp_forwarded += 1;
             self.unsent += 1;
             if peer.touched == Touched::No {
-                peer.touched = Touched::Forwarded;
                 self.touched
                     .push(participant.subscribe.expect("matched above"));
             }
+            peer.touched = peer.touched.and(Touched::Forwarded);
         }
         let forwarded = self.stats.rtp_forwarded > forwarded_before;
         if let (true, Some(at)) = (forwarded, self.received) {
@@ -1875,8 +1899,12 @@ impl<D: Datagrams> Worker<D> {
         for id in touched.drain(..) {
             self.collect_writes(id);
             if let Some(peer) = self.peers.get_mut(&id) {
-                if peer.touched == Touched::Yes {
-                    peer.next_timeout = peer.pc.poll_timeout();
+                match peer.touched {
+                    Touched::Yes => peer.next_timeout = peer.pc.poll_timeout(),
+                    Touched::ReadSrtp => {
+                        peer.next_timeout = peer.pc.poll_timeout_after_srtp_reads()
+                    }
+                    Touched::No | Touched::Forwarded => {}
                 }
                 peer.touched = Touched::No;
             }
@@ -1902,7 +1930,7 @@ impl<D: Datagrams> Worker<D> {
             return;
         };
         let before = self.outbox.len();
-        if peer.touched == Touched::Forwarded {
+        if matches!(peer.touched, Touched::Forwarded | Touched::ReadSrtp) {
             while let Some(msg) = peer.pc.poll_write_queued() {
                 self.outbox.push((msg.transport.peer_addr, msg.message));
             }

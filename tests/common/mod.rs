@@ -24,7 +24,9 @@ use rtc::peer_connection::configuration::media_engine::{
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -679,6 +681,17 @@ async fn new_pc(handler: Arc<Handler>) -> Arc<dyn PeerConnection> {
     Arc::new(pc)
 }
 
+/// RTCP feedback a publisher received from the server.
+#[derive(Default)]
+pub struct Feedback {
+    /// Reception reports (in receiver reports) about each published SSRC.
+    pub receiver_reports: Mutex<HashMap<u32, u64>>,
+    /// Transport-wide congestion control feedback packets.
+    pub transport_cc: AtomicU64,
+    /// Picture loss indications (keyframe requests).
+    pub plis: AtomicU64,
+}
+
 /// A participant: signaling plus a publish and a subscribe connection, sending synthetic
 /// Opus and VP8 and recording everything it receives.
 pub struct Participant {
@@ -686,7 +699,8 @@ pub struct Participant {
     pub id: String,
     pub joined: Value,
     pub received: ReceivedMap,
-    pub plis: Arc<AtomicU64>,
+    /// The RTCP feedback the server sent about the published tracks.
+    pub feedback: Arc<Feedback>,
     pub events: Arc<Mutex<Vec<Value>>>,
     pub publish: Option<Arc<dyn PeerConnection>>,
     pub subscribe_state: Arc<Mutex<String>>,
@@ -746,7 +760,7 @@ impl Participant {
         let id = joined["participant_id"].as_str().unwrap().to_owned();
         let signal = Arc::new(tokio::sync::Mutex::new(signal));
         let received: ReceivedMap = Default::default();
-        let plis = Arc::new(AtomicU64::new(0));
+        let feedback: Arc<Feedback> = Default::default();
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let subscribe_state = Arc::new(Mutex::new(String::from("none")));
@@ -798,7 +812,7 @@ impl Participant {
                 None,
                 level_ext,
                 stop.clone(),
-                plis.clone(),
+                feedback.clone(),
             ));
             tokio::spawn(send_media(
                 video,
@@ -807,7 +821,7 @@ impl Participant {
                 Some(video_codec),
                 None,
                 stop.clone(),
-                plis.clone(),
+                feedback.clone(),
             ));
             Some(pc)
         } else {
@@ -876,7 +890,7 @@ impl Participant {
             id,
             joined,
             received,
-            plis,
+            feedback,
             events,
             publish: publish_pc,
             subscribe_state,
@@ -968,7 +982,7 @@ async fn send_media(
     video: Option<Video>,
     audio_level: Option<AudioExtensions>,
     stop: Arc<AtomicBool>,
-    plis: Arc<AtomicU64>,
+    feedback: Arc<Feedback>,
 ) {
     let ssrc = track.track().await.codings()[0]
         .rtp_coding_parameters
@@ -976,22 +990,39 @@ async fn send_media(
         .unwrap();
     let keyframe_wanted = Arc::new(AtomicBool::new(true));
     {
-        let (track, kw, plis, stop) = (
-            track.clone(),
-            keyframe_wanted.clone(),
-            plis.clone(),
-            stop.clone(),
-        );
+        let (track, kw, stop) = (track.clone(), keyframe_wanted.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 match tokio::time::timeout(Duration::from_millis(200), track.poll()).await {
-                    Ok(Some(TrackLocalEvent::OnRtcpPacket(packets)))
+                    Ok(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
                         if packets
                             .iter()
-                            .any(|p| p.as_any().is::<PictureLossIndication>()) =>
-                    {
-                        plis.fetch_add(1, Ordering::SeqCst);
-                        kw.store(true, Ordering::SeqCst);
+                            .any(|p| p.as_any().is::<PictureLossIndication>())
+                        {
+                            feedback.plis.fetch_add(1, Ordering::SeqCst);
+                            kw.store(true, Ordering::SeqCst);
+                        }
+                        let about_this_track = packets
+                            .iter()
+                            .filter_map(|p| p.as_any().downcast_ref::<ReceiverReport>())
+                            .flat_map(|rr| &rr.reports)
+                            .filter(|report| report.ssrc == ssrc)
+                            .count() as u64;
+                        if about_this_track > 0 {
+                            *feedback
+                                .receiver_reports
+                                .lock()
+                                .unwrap()
+                                .entry(ssrc)
+                                .or_default() += about_this_track;
+                        }
+                        let transport_cc = packets
+                            .iter()
+                            .filter(|p| p.as_any().is::<TransportLayerCc>())
+                            .count() as u64;
+                        feedback
+                            .transport_cc
+                            .fetch_add(transport_cc, Ordering::SeqCst);
                     }
                     Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
                     _ => {}

@@ -169,6 +169,7 @@ impl RTCPeerConnection {
             event_outs: VecDeque::new(),
             stats: RTCStatsAccumulator::default(),
             now,
+            timeout_before_srtp: None,
         };
 
         Ok(Self {

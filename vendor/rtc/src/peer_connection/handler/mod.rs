@@ -9,7 +9,7 @@ pub(crate) mod srtp;
 
 use crate::peer_connection::RTCPeerConnection;
 use crate::peer_connection::event::RTCPeerConnectionEvent;
-use crate::peer_connection::event::{RTCEventInternal, TaggedRTCEvent};
+use crate::peer_connection::event::{RTCEventInternal, TaggedRTCEvent, TaggedRTCEventInternal};
 use crate::peer_connection::handler::datachannel::{DataChannelHandler, DataChannelHandlerContext};
 use crate::peer_connection::handler::demuxer::{DemuxerHandler, DemuxerHandlerContext};
 use crate::peer_connection::handler::dtls::{DtlsHandler, DtlsHandlerContext};
@@ -119,6 +119,57 @@ macro_rules! walk_reads {
     }};
 }
 
+/// One event walk over the handlers listed, as `walk_reads!` for reads: each handler handles
+/// the events raised before it in `$eouts`, and what it raises joins them; `$raised` is set if
+/// any handler raised one (`pump_events` walks all eight, `pump_events_after_srtp` the three
+/// from SRTP on; Switchboard patch 9, vendor/rtc/SWITCHBOARD.md).
+macro_rules! walk_events {
+    ($self:expr, $eouts:ident, $raised:ident, [$($getter:ident),+]) => {{
+        use sansio::Protocol;
+        process_handler_list!(call_macro: process_handler!($self, handler, {
+            while let Some(evt) = $eouts.pop_front() {
+                if let Err(err) = handler.handle_event(evt) {
+                    warn!("{}.handle_event got error: {}", handler.name(), err);
+                }
+            }
+            while let Some(msg) = handler.poll_event() {
+                $raised = true;
+                $eouts.push_back(msg);
+            }
+        }), [$($getter),+])
+    }};
+}
+
+/// One write walk over the handlers listed (towards the wire), as `walk_reads!` for reads
+/// (`flush_writes` walks all eight, `flush_writes_after_srtp` the three down to SRTP and the
+/// rest only for what those let out; Switchboard patch 9, vendor/rtc/SWITCHBOARD.md).
+macro_rules! walk_writes {
+    ($self:expr, $wouts:ident, [$($getter:ident),+]) => {{
+        use sansio::Protocol;
+        process_handler_list!(call_macro: process_handler!($self, handler, {
+            while let Some(msg) = $wouts.pop_front() {
+                if let Err(err) = handler.handle_write(msg) {
+                    warn!("{}.handle_write got error: {}", handler.name(), err);
+                }
+            }
+            while let Some(msg) = handler.poll_write() {
+                $wouts.push_back(msg);
+            }
+        }), [$($getter),+])
+    }};
+}
+
+/// Lowers `$eto` to the earliest `poll_timeout` of the handlers listed (Switchboard patch 9).
+macro_rules! earliest_timeout {
+    ($self:expr, $eto:ident, [$($getter:ident),+]) => {{
+        process_handler_list!(call_macro: process_handler!($self, handler, {
+            if let Some(next) = sansio::Protocol::poll_timeout(&mut handler) {
+                $eto = Some($eto.map_or(next, |curr: Instant| curr.min(next)));
+            }
+        }), [$($getter),+])
+    }};
+}
+
 pub(crate) struct PipelineContext {
     // Handler contexts
     pub(crate) demuxer_handler_context: DemuxerHandlerContext,
@@ -157,6 +208,11 @@ pub(crate) struct PipelineContext {
     /// `close()` takes no time of its own, and this crate reads no clock, so the `close_notify`
     /// it sends is stamped with this.
     pub(crate) now: Instant,
+
+    /// The earliest deadline of the five handlers before SRTP (demuxer, ICE, DTLS, SCTP, data
+    /// channels), as of the last `poll_timeout`: a read that `read_srtp_direct` takes moves
+    /// none of their timers (Switchboard patch 9, `poll_timeout_after_srtp_reads`).
+    pub(crate) timeout_before_srtp: Option<Instant>,
 }
 
 impl PipelineContext {
@@ -360,6 +416,82 @@ impl RTCPeerConnection {
         self.pipeline_context.write_outs.pop_front()
     }
 
+    /// Reads a datagram as `handle_read` does, and returns whether `read_srtp_direct` took it
+    /// (SRTP or SRTCP once ICE has a pair, nothing queued before SRTP). If it did, whatever
+    /// the read made SRTP, the interceptors and the endpoint produce (messages for the
+    /// application, events, datagrams to send) is in the output queues when this returns.
+    ///
+    /// So a caller that had drained the connection completely before (`poll_read`,
+    /// `poll_event` and `poll_write` until `None`, then `poll_timeout`), and has given it
+    /// nothing since but datagrams for which this returned `true`, finds everything there is
+    /// with `poll_read_queued`, `poll_event_queued` and `poll_write_queued`, and its next
+    /// deadline with `poll_timeout_after_srtp_reads`, without walking all eight handlers
+    /// four times. After `false`, drain with the walking calls as after `handle_read`.
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    pub fn handle_read_settled(&mut self, msg: TaggedBytesMut) -> Result<bool, Error> {
+        self.pipeline_context.observe(msg.now);
+        let msg = TaggedRTCMessageInternal {
+            now: msg.now,
+            transport: msg.transport,
+            message: RTCMessageInternal::Raw(msg.message),
+        };
+        match self.read_srtp_direct(msg) {
+            Some(msg) => {
+                self.pump_reads(Some(msg));
+                Ok(false)
+            }
+            None => {
+                self.pump_reads_after_srtp();
+                self.settle_after_srtp();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Hands out a message already queued for the application, by `poll_read`'s rule,
+    /// without walking the handlers for more (see `handle_read_settled`).
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    pub fn poll_read_queued(&mut self) -> Option<TaggedRTCMessage> {
+        let context = &mut self.pipeline_context;
+        match (context.data_read_outs.front(), context.media_read_outs.front()) {
+            (Some(data), Some(media)) if data.now > media.now => context.media_read_outs.pop_front(),
+            (Some(_), _) => context.data_read_outs.pop_front(),
+            (None, _) => context.media_read_outs.pop_front(),
+        }
+    }
+
+    /// Hands out an event already queued, without walking the handlers for more (see
+    /// `handle_read_settled`).
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    pub fn poll_event_queued(&mut self) -> Option<RTCPeerConnectionEvent> {
+        self.pipeline_context.event_outs.pop_front()
+    }
+
+    /// The next deadline after reads for which `handle_read_settled` returned `true` (see
+    /// there): the earliest of the five handlers before SRTP as the last `poll_timeout` found
+    /// it (the direct read moves none of their timers: it only counts in the demuxer and ICE,
+    /// and sets the data channels' clock, which no deadline of theirs depends on) and of SRTP,
+    /// the interceptors and the endpoint, asked again (an interceptor may set a timer on a
+    /// packet, as the transport-wide feedback does on its first).
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    pub fn poll_timeout_after_srtp_reads(&mut self) -> Option<Instant> {
+        let mut eto = self.pipeline_context.timeout_before_srtp;
+        earliest_timeout!(
+            self,
+            eto,
+            [
+                get_srtp_handler,
+                get_interceptor_handler,
+                get_endpoint_handler
+            ]
+        );
+        eto
+    }
+
     /// Adds RTP packets written with `write_rtp_unintercepted` on `ssrc` to the outbound
     /// statistics: `packets` of them, with `header_bytes` and `payload_bytes` in all, the
     /// newest written at `last_sent`. They are counted as the interceptor handler counts what
@@ -482,22 +614,48 @@ impl RTCPeerConnection {
     /// Runs every handler's pending writes down the pipeline into `write_outs`, where
     /// [`poll_write`](sansio::Protocol::poll_write) hands them out.
     fn flush_writes(&mut self) {
-        use sansio::Protocol;
-
         let mut intermediate_wouts = VecDeque::new();
+        reverse_handlers!(walk_writes!(self, intermediate_wouts));
+        self.deliver_writes(intermediate_wouts);
+    }
 
-        for_each_handler!(reverse: process_handler!(self, handler, {
-            while let Some(msg) = intermediate_wouts.pop_front() {
-                if let Err(err) = handler.handle_write(msg) {
-                    warn!("{}.handle_write got error: {}", handler.name(), err);
-                }
-            }
-            while let Some(msg) = handler.poll_write() {
-                intermediate_wouts.push_back(msg);
-            }
-        }));
+    /// `flush_writes` after reads that `read_srtp_direct` took, for a caller that had drained
+    /// the connection before them: only the endpoint, the interceptors and SRTP can hold
+    /// anything new, so the handlers below SRTP are walked only for what those let out
+    /// (their own queues were emptied by the last full flush, and nothing has reached them
+    /// since).
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    fn flush_writes_after_srtp(&mut self) {
+        let mut intermediate_wouts = VecDeque::new();
+        walk_writes!(
+            self,
+            intermediate_wouts,
+            [
+                get_endpoint_handler,
+                get_interceptor_handler,
+                get_srtp_handler
+            ]
+        );
+        if intermediate_wouts.is_empty() {
+            return;
+        }
+        walk_writes!(
+            self,
+            intermediate_wouts,
+            [
+                get_datachannel_handler,
+                get_sctp_handler,
+                get_dtls_handler,
+                get_ice_handler,
+                get_demuxer_handler
+            ]
+        );
+        self.deliver_writes(intermediate_wouts);
+    }
 
-        // Final poll write out to pipeline's write out
+    /// Moves what came out of the last handler (the demuxer) into the output queue.
+    fn deliver_writes(&mut self, mut intermediate_wouts: VecDeque<TaggedRTCMessageInternal>) {
         while let Some(msg) = intermediate_wouts.pop_front() {
             if let RTCMessageInternal::Raw(message) = msg.message {
                 self.pipeline_context.write_outs.push_back(TaggedBytesMut {
@@ -597,22 +755,36 @@ impl RTCPeerConnection {
     fn pump_events(&mut self) -> bool {
         let mut intermediate_eouts = VecDeque::new();
         let mut raised = false;
+        forward_handlers!(walk_events!(self, intermediate_eouts, raised));
+        self.deliver_events(intermediate_eouts);
+        raised
+    }
 
-        use sansio::Protocol;
+    /// `pump_events` over the handlers a read that `read_srtp_direct` took reached: SRTP, the
+    /// interceptors and the endpoint. An event one of them raises is handled only by the
+    /// handlers after it, so these three are all a sweep would involve.
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    fn pump_events_after_srtp(&mut self) -> bool {
+        let mut intermediate_eouts = VecDeque::new();
+        let mut raised = false;
+        walk_events!(
+            self,
+            intermediate_eouts,
+            raised,
+            [
+                get_srtp_handler,
+                get_interceptor_handler,
+                get_endpoint_handler
+            ]
+        );
+        self.deliver_events(intermediate_eouts);
+        raised
+    }
 
-        for_each_handler!(forward: process_handler!(self, handler, {
-            while let Some(evt) = intermediate_eouts.pop_front() {
-                if let Err(err) = handler.handle_event(evt) {
-                    warn!("{}.handle_event got error: {}", handler.name(), err);
-                }
-            }
-            while let Some(msg) = handler.poll_event() {
-                raised = true;
-                intermediate_eouts.push_back(msg);
-            }
-        }));
-
-        // Finally, put intermediate_eouts into RTCPeerConnection's eouts
+    /// Acts on what came out of the last handler (connection state) and queues the
+    /// application's events.
+    fn deliver_events(&mut self, mut intermediate_eouts: VecDeque<TaggedRTCEventInternal>) {
         while let Some(evt_internal) = intermediate_eouts.pop_front() {
             match &evt_internal.event {
                 RTCEventInternal::RTCPeerConnectionEvent(
@@ -629,8 +801,20 @@ impl RTCPeerConnection {
                 self.pipeline_context.event_outs.push_back(evt);
             }
         }
+    }
 
-        raised
+    /// After a read that `read_srtp_direct` took and `pump_reads_after_srtp` moved on: moves
+    /// what SRTP, the interceptors and the endpoint raised or wrote in response to the output
+    /// queues, as `poll_event` and `poll_write` would (events first, and the reads that
+    /// handling them queues, as in `poll_event`).
+    ///
+    /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
+    fn settle_after_srtp(&mut self) {
+        if self.pump_events_after_srtp() {
+            self.pump_reads_after_srtp();
+            self.pump_events_after_srtp();
+        }
+        self.flush_writes_after_srtp();
     }
 }
 
@@ -665,20 +849,7 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
             self.pump_reads(None);
         }
 
-        if let (Some(data), Some(media)) = (
-            self.pipeline_context.data_read_outs.front(),
-            self.pipeline_context.media_read_outs.front(),
-        ) {
-            if data.now <= media.now {
-                self.pipeline_context.data_read_outs.pop_front()
-            } else {
-                self.pipeline_context.media_read_outs.pop_front()
-            }
-        } else if self.pipeline_context.data_read_outs.front().is_some() {
-            self.pipeline_context.data_read_outs.pop_front()
-        } else {
-            self.pipeline_context.media_read_outs.pop_front()
-        }
+        self.poll_read_queued()
     }
 
     fn handle_write(&mut self, msg: TaggedRTCMessage) -> Result<(), Self::Error> {
@@ -756,12 +927,30 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
+        // In two parts, so that `poll_timeout_after_srtp_reads` can reuse the first
+        // (Switchboard patch 9, vendor/rtc/SWITCHBOARD.md).
         let mut eto: Option<Instant> = None;
-        for_each_handler!(forward: process_handler!(self, handler, {
-            if let Some(next) = handler.poll_timeout() {
-                eto = Some(eto.map_or(next, |curr| std::cmp::min(curr, next)));
-            }
-        }));
+        earliest_timeout!(
+            self,
+            eto,
+            [
+                get_demuxer_handler,
+                get_ice_handler,
+                get_dtls_handler,
+                get_sctp_handler,
+                get_datachannel_handler
+            ]
+        );
+        self.pipeline_context.timeout_before_srtp = eto;
+        earliest_timeout!(
+            self,
+            eto,
+            [
+                get_srtp_handler,
+                get_interceptor_handler,
+                get_endpoint_handler
+            ]
+        );
         eto
     }
 
@@ -1014,6 +1203,98 @@ mod handler_test {
                 .read_outs
                 .is_empty()
         );
+    }
+
+    /// What a read taken by `read_srtp_direct` made SRTP, the interceptors and the endpoint
+    /// produce is in the output queues once `handle_read_settled` returns, so the calls that do
+    /// not walk the handlers find it; a handler before SRTP is not walked (it holds nothing for
+    /// a caller that drained before), and what it does hold is still found by the walking
+    /// calls (Switchboard patch 9).
+    #[test]
+    fn a_settled_read_queues_what_the_handlers_from_srtp_on_produced() {
+        use crate::peer_connection::message::internal::TrackPacket;
+        use crate::peer_connection::state::signaling_state::RTCSignalingState;
+
+        let base = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .build(base)
+            .expect("build peer connection");
+        while pc.poll_event().is_some() {}
+        let event = |event| TaggedRTCEventInternal {
+            now: base,
+            event: RTCEventInternal::RTCPeerConnectionEvent(event),
+        };
+        // Raised by the interceptor handler on the read, as `OnTrack` is on a stream's first
+        // packet, and a packet the endpoint handler read.
+        pc.pipeline_context
+            .interceptor_handler_context
+            .event_outs
+            .push_back(event(RTCPeerConnectionEvent::OnNegotiationNeededEvent));
+        let mut packet = ::rtp::packet::Packet::default();
+        packet.header.sequence_number = 7;
+        pc.pipeline_context
+            .endpoint_handler_context
+            .read_outs
+            .push_back(TaggedRTCMessageInternal {
+                now: base,
+                transport: TransportContext::default(),
+                message: RTCMessageInternal::Rtp(RTPMessage::TrackPacket(TrackPacket {
+                    track_id: Default::default(),
+                    packet: Packet::Rtp(packet),
+                })),
+            });
+        // Held by a handler the direct read does not reach.
+        pc.pipeline_context
+            .dtls_handler_context
+            .event_outs
+            .push_back(event(RTCPeerConnectionEvent::OnSignalingStateChangeEvent(
+                RTCSignalingState::Stable,
+            )));
+
+        // What `handle_read_settled` does once `read_srtp_direct` took the datagram.
+        pc.pump_reads_after_srtp();
+        pc.settle_after_srtp();
+
+        let Some(TaggedRTCMessage {
+            message: RTCMessage::RtpPacket(_, read),
+            ..
+        }) = pc.poll_read_queued()
+        else {
+            panic!("the endpoint's packet is queued");
+        };
+        assert_eq!(read.header.sequence_number, 7);
+        assert!(pc.poll_read_queued().is_none());
+        assert!(matches!(
+            pc.poll_event_queued(),
+            Some(RTCPeerConnectionEvent::OnNegotiationNeededEvent)
+        ));
+        assert!(pc.poll_event_queued().is_none());
+        assert_eq!(
+            pc.pipeline_context.dtls_handler_context.event_outs.len(),
+            1,
+            "the handlers before SRTP are not walked"
+        );
+        assert!(matches!(
+            pc.poll_event(),
+            Some(RTCPeerConnectionEvent::OnSignalingStateChangeEvent(_))
+        ));
+    }
+
+    /// `poll_timeout_after_srtp_reads` is `poll_timeout` with the five handlers before SRTP
+    /// as the last `poll_timeout` found them: a deadline of theirs counts, and one set since in
+    /// SRTP, the interceptors or the endpoint is asked for (Switchboard patch 9).
+    #[test]
+    fn the_deadline_after_settled_reads_keeps_the_handlers_before_srtp() {
+        let base = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .build(base)
+            .expect("build peer connection");
+        let full = pc.poll_timeout();
+        assert_eq!(pc.poll_timeout_after_srtp_reads(), full);
+        // As if a handler before SRTP had had a deadline when `poll_timeout` last asked.
+        let earlier = base + Duration::from_millis(1);
+        pc.pipeline_context.timeout_before_srtp = Some(earlier);
+        assert_eq!(pc.poll_timeout_after_srtp_reads(), Some(earlier));
     }
 
     /// The instant the application supplies on `handle_write` is the one the core stamps the
