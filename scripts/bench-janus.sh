@@ -25,7 +25,11 @@
 #      missing), OUT (default target/bench-results), DURATION (seconds per run, default 20),
 #      CONFIGS ("ROOMSxPARTICIPANTS ...", default "1x2 1x4 1x20 5x4"),
 #      LOAD_ARGS (extra switchboard-load flags for both targets, default "--no-nack", as
-#      scripts/bench.sh), JANUS_DEBUG (Janus log level, default 3: errors and warnings).
+#      scripts/bench.sh), JANUS_DEBUG (Janus log level, default 3: errors and warnings),
+#      SIMULTANEOUS=1 (both servers run at once, each under a load tool of its own, started
+#      together; no raw baseline. The ratio then compares the two on the machine of the same
+#      seconds, as `scripts/bench-ab.sh -s` does for two builds; both share the two cores, so
+#      the absolute figures are not those of a server alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +48,7 @@ DURATION=${DURATION:-20}
 CONFIGS=${CONFIGS:-"1x2 1x4 1x20 5x4"}
 LOAD_ARGS=${LOAD_ARGS:---no-nack}
 JANUS_DEBUG=${JANUS_DEBUG:-3}
+SIMULTANEOUS=${SIMULTANEOUS:-0}
 if [ "$QUICK" = 1 ]; then
   DURATION=5
   CONFIGS="1x2 1x4"
@@ -76,24 +81,25 @@ mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 
 TMP=$(mktemp -d /tmp/bench-janus.XXXXXX)
-SERVER_PID=
+SB_PID= JANUS_PID=
 cleanup() {
-  stop_server
+  stop_server "$SB_PID"
+  stop_server "$JANUS_PID"
   ip netns del "$SRV_NS" 2>/dev/null || true
   ip netns del "$CLI_NS" 2>/dev/null || true
   rm -rf "$TMP"
 }
-# Stops the server this script started last (SIGTERM, then SIGKILL after 10 s).
+# Stops a server this script started (SIGTERM, then SIGKILL after 10 s).
 stop_server() {
-  if [ -n "$SERVER_PID" ]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
+  local pid=$1
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
@@ -192,6 +198,35 @@ wait_http() { # namespace, url
   return 1
 }
 
+# A fresh Switchboard in the servers' namespace; sets SB_PID.
+start_switchboard() {
+  rm -rf "$TMP/sb-data"
+  RUST_LOG=${SWITCHBOARD_LOG:-warn} ip netns exec "$SRV_NS" "$SERVER_BIN" \
+    --http-addr "$SRV_IP:$SB_HTTP_PORT" --udp-port "$SB_UDP_PORT" \
+    --data-dir "$TMP/sb-data" --shutdown-grace 0 \
+    > "$OUT/janus-cmp-switchboard-$1.log" 2>&1 &
+  SB_PID=$!
+  wait_http "$SRV_NS" "http://$SRV_IP:$SB_HTTP_PORT/healthz"
+}
+
+# A fresh Janus in the servers' namespace; sets JANUS_PID.
+start_janus() {
+  ip netns exec "$SRV_NS" janus -C "$JCFG/janus.jcfg" -F "$JCFG" -d "$JANUS_DEBUG" -o \
+    > "$OUT/janus-cmp-janus-$1.log" 2>&1 &
+  JANUS_PID=$!
+  wait_http "$SRV_NS" "http://$SRV_IP:$JANUS_HTTP_PORT/janus/info"
+}
+
+# The load tool against one of them: load TARGET PID CONFIG [ARGS...].
+load() {
+  local target=$1 pid=$2 cfg=$3
+  shift 3
+  local to=(--server "http://$SRV_IP:$SB_HTTP_PORT")
+  [ "$target" = janus ] && to=(--janus-url "http://$SRV_IP:$JANUS_HTTP_PORT/janus")
+  ip netns exec "$CLI_NS" "$LOAD_BIN" --target "$target" "${to[@]}" --server-pid "$pid" "$@" \
+    --json-out "$OUT/janus-cmp-$target-$cfg.json" > "$OUT/janus-cmp-$target-$cfg.txt"
+}
+
 REPORTS=()
 for cfg in $CONFIGS; do
   rooms=${cfg%x*}
@@ -199,30 +234,34 @@ for cfg in $CONFIGS; do
   common=(--rooms "$rooms" --participants "$participants" --duration "$DURATION"
           --client-ip "$CLI_IP" --count-received $LOAD_ARGS)
 
-  echo "== Switchboard, ${rooms} room(s) × ${participants} participants, ${DURATION} s (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  rm -rf "$TMP/sb-data"
-  RUST_LOG=${SWITCHBOARD_LOG:-warn} ip netns exec "$SRV_NS" "$SERVER_BIN" \
-    --http-addr "$SRV_IP:$SB_HTTP_PORT" --udp-port "$SB_UDP_PORT" \
-    --data-dir "$TMP/sb-data" --shutdown-grace 0 \
-    > "$OUT/janus-cmp-switchboard-${cfg}.log" 2>&1 &
-  SERVER_PID=$!
-  wait_http "$SRV_NS" "http://$SRV_IP:$SB_HTTP_PORT/healthz"
-  ip netns exec "$CLI_NS" "$LOAD_BIN" --target switchboard \
-    --server "http://$SRV_IP:$SB_HTTP_PORT" --server-pid "$SERVER_PID" "${common[@]}" \
-    --json-out "$OUT/janus-cmp-switchboard-${cfg}.json" | tee "$OUT/janus-cmp-switchboard-${cfg}.txt"
-  stop_server
-  REPORTS+=("$OUT/janus-cmp-switchboard-${cfg}.json")
+  if [ "$SIMULTANEOUS" = 1 ]; then
+    echo "== Switchboard and Janus at once, ${rooms} room(s) × ${participants} participants, ${DURATION} s (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    start_switchboard "$cfg"
+    start_janus "$cfg"
+    load switchboard "$SB_PID" "$cfg" "${common[@]}" --baseline-secs 0 &
+    sb_load=$!
+    load janus "$JANUS_PID" "$cfg" "${common[@]}" --baseline-secs 0 &
+    janus_load=$!
+    wait "$sb_load"
+    wait "$janus_load"
+    cat "$OUT/janus-cmp-switchboard-$cfg.txt" "$OUT/janus-cmp-janus-$cfg.txt"
+  else
+    echo "== Switchboard, ${rooms} room(s) × ${participants} participants, ${DURATION} s (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    start_switchboard "$cfg"
+    load switchboard "$SB_PID" "$cfg" "${common[@]}"
+    cat "$OUT/janus-cmp-switchboard-$cfg.txt"
+    stop_server "$SB_PID"
+    SB_PID=
 
-  echo "== Janus, ${rooms} room(s) × ${participants} participants, ${DURATION} s (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  ip netns exec "$SRV_NS" janus -C "$JCFG/janus.jcfg" -F "$JCFG" -d "$JANUS_DEBUG" -o \
-    > "$OUT/janus-cmp-janus-${cfg}.log" 2>&1 &
-  SERVER_PID=$!
-  wait_http "$SRV_NS" "http://$SRV_IP:$JANUS_HTTP_PORT/janus/info"
-  ip netns exec "$CLI_NS" "$LOAD_BIN" --target janus \
-    --janus-url "http://$SRV_IP:$JANUS_HTTP_PORT/janus" --server-pid "$SERVER_PID" "${common[@]}" \
-    --json-out "$OUT/janus-cmp-janus-${cfg}.json" | tee "$OUT/janus-cmp-janus-${cfg}.txt"
-  stop_server
-  REPORTS+=("$OUT/janus-cmp-janus-${cfg}.json")
+    echo "== Janus, ${rooms} room(s) × ${participants} participants, ${DURATION} s (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    start_janus "$cfg"
+    load janus "$JANUS_PID" "$cfg" "${common[@]}"
+    cat "$OUT/janus-cmp-janus-$cfg.txt"
+  fi
+  stop_server "$SB_PID"
+  stop_server "$JANUS_PID"
+  SB_PID= JANUS_PID=
+  REPORTS+=("$OUT/janus-cmp-switchboard-${cfg}.json" "$OUT/janus-cmp-janus-${cfg}.json")
 done
 
 "$LOAD_BIN" --compare "${REPORTS[@]}" --json-out "$OUT/janus-comparison.json" \
