@@ -195,8 +195,11 @@ fn media_engine() -> Result<MediaEngine, Error> {
 /// transport-wide feedback; a subscribe connection none that writes. Every interceptor moves
 /// every packet through its queues, and a subscribe connection writes each forwarded packet
 /// once per leg, so the worker writes them past the chain and does the write side's work
-/// itself: sender reports (`media::sender_report`) and NACKs (`media::history`). Both kinds
-/// deliver inbound keyframe requests and NACKs to the worker (`RtcpToApp`).
+/// itself: sender reports (`media::sender_report`) and NACKs (`media::history`). Only a
+/// subscribe connection delivers inbound keyframe requests and NACKs to the worker
+/// (`RtcpToApp`): they are about media the client receives, and a publisher receives none on
+/// its publish connection, where the interceptor would only move every packet through one
+/// more queue.
 pub fn build(
     now: Instant,
     host: SocketAddr,
@@ -208,8 +211,7 @@ pub fn build(
     // What the default interceptors negotiate (NACK, PLI and transport-cc feedback, the
     // mid/rid extensions) is the same for both directions; their chain is not.
     register_default_interceptors(Registry::new(), &mut engine)?;
-    // Inbound RTCP reaches the application only when marked: keyframe requests and NACKs.
-    let registry = Registry::new().with(Slot::from(14_000), RtcpToApp::default());
+    let registry = Registry::new();
     let registry = if receives_media {
         registry
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
@@ -218,8 +220,9 @@ pub fn build(
     } else {
         // Nothing on the write side: forwarded packets are written past the interceptors, and
         // the worker sends the sender reports (media::sender_report) and answers NACKs from
-        // one history per published track (media::history).
-        registry
+        // one history per published track (media::history). Inbound RTCP reaches the
+        // application only when marked: keyframe requests and NACKs.
+        registry.with(Slot::from(14_000), RtcpToApp::default())
     };
 
     let settings = SettingEngineBuilder::new()
