@@ -79,8 +79,7 @@ impl<'a>
                 }
             } else {
                 if let Some(context) = self.ctx.remote_srtp_context.as_mut() {
-                    let mut decrypted = context.decrypt_rtp(&message)?;
-                    let rtp_packet = rtp::Packet::unmarshal(&mut decrypted)?;
+                    let rtp_packet = decrypt_rtp(context, &message)?;
 
                     self.ctx.read_outs.push_back(TaggedRTCMessageInternal {
                         now: msg.now,
@@ -147,6 +146,32 @@ impl<'a>
     fn close(&mut self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Decrypts an SRTP packet into the RTP packet `rtp::Packet::unmarshal` would make of the
+/// plaintext, parsing the header once: `Context::decrypt_rtp` parses it to decrypt, and the
+/// unmarshal parsed the decrypted copy again (allocating for its extensions each time). The
+/// payload is the plaintext after the header, less any padding, as the unmarshal cuts it.
+///
+/// Switchboard patch 11 (vendor/rtc/SWITCHBOARD.md).
+fn decrypt_rtp(context: &mut Context, message: &[u8]) -> Result<rtp::Packet> {
+    use bytes::Buf;
+
+    let mut rest = message;
+    let header = rtp::Header::unmarshal(&mut rest)?;
+    let header_len = message.len() - rest.len();
+    let mut payload = context
+        .decrypt_rtp_with_header(message, &header)?
+        .freeze();
+    payload.advance(header_len);
+    if header.padding {
+        let padding_len = match payload.last() {
+            Some(&n) if usize::from(n) <= payload.len() => usize::from(n),
+            _ => return Err(Error::ErrShortPacket),
+        };
+        payload.truncate(payload.len() - padding_len);
+    }
+    Ok(rtp::Packet { header, payload })
 }
 
 impl SrtpHandler<'_> {
@@ -217,6 +242,59 @@ impl SrtpHandler<'_> {
             // Bypass
             debug!("Bypass srtp write {:?}", msg.transport.peer_addr);
             Ok(msg)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use srtp::protection_profile::ProtectionProfile;
+
+    /// `decrypt_rtp` (Switchboard patch 11) makes the packet that `Packet::unmarshal` made of
+    /// `Context::decrypt_rtp`'s plaintext: header extensions kept, padding cut off.
+    #[test]
+    fn decrypting_parses_the_header_once_into_the_same_packet() {
+        let provider = crypto::default_provider().expect("a crypto provider");
+        let context = || {
+            Context::new(
+                &[7; 16],
+                &[9; 12],
+                ProtectionProfile::AeadAes128Gcm,
+                None,
+                None,
+                provider.crypto(),
+            )
+            .expect("an SRTP context")
+        };
+        let (mut sender, mut before, mut after) = (context(), context(), context());
+        for (seq, padding) in [(1u16, false), (2, true)] {
+            let mut header = rtp::Header {
+                version: 2,
+                padding,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: 3000,
+                ssrc: 5,
+                ..Default::default()
+            };
+            header
+                .set_extension(1, Bytes::from_static(&[0xab, 0xcd]))
+                .expect("a one-byte extension");
+            let mut plain = header.marshal().expect("a header").to_vec();
+            plain.extend_from_slice(&[1, 2, 3, 4, 5]);
+            if padding {
+                plain.extend_from_slice(&[0, 0, 3]);
+            }
+            let encrypted = sender.encrypt_rtp(&plain).expect("encrypted");
+
+            let mut decrypted = before.decrypt_rtp(&encrypted).expect("decrypted");
+            let expected = rtp::Packet::unmarshal(&mut decrypted).expect("a packet");
+            let packet = decrypt_rtp(&mut after, &encrypted).expect("a packet");
+            assert_eq!(packet, expected);
+            assert_eq!(&packet.payload[..], &[1, 2, 3, 4, 5]);
+            assert_eq!(packet.header.get_extension(1).as_deref(), Some(&[0xab, 0xcd][..]));
         }
     }
 }
