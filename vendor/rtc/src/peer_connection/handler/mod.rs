@@ -430,6 +430,16 @@ impl RTCPeerConnection {
     ///
     /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
     pub fn handle_read_settled(&mut self, msg: TaggedBytesMut) -> Result<bool, Error> {
+        let direct = self.read(msg);
+        if direct {
+            self.settle_after_srtp();
+        }
+        Ok(direct)
+    }
+
+    /// What `handle_read` does: the datagram through `read_srtp_direct` or, if that does not
+    /// take it, the whole pipeline. Returns whether `read_srtp_direct` took it.
+    fn read(&mut self, msg: TaggedBytesMut) -> bool {
         self.pipeline_context.observe(msg.now);
         let msg = TaggedRTCMessageInternal {
             now: msg.now,
@@ -439,12 +449,11 @@ impl RTCPeerConnection {
         match self.read_srtp_direct(msg) {
             Some(msg) => {
                 self.pump_reads(Some(msg));
-                Ok(false)
+                false
             }
             None => {
                 self.pump_reads_after_srtp();
-                self.settle_after_srtp();
-                Ok(true)
+                true
             }
         }
     }
@@ -826,16 +835,7 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedBytesMut) -> Result<(), Self::Error> {
-        self.pipeline_context.observe(msg.now);
-        let msg = TaggedRTCMessageInternal {
-            now: msg.now,
-            transport: msg.transport,
-            message: RTCMessageInternal::Raw(msg.message),
-        };
-        match self.read_srtp_direct(msg) {
-            Some(msg) => self.pump_reads(Some(msg)),
-            None => self.pump_reads_after_srtp(),
-        }
+        self.read(msg);
         Ok(())
     }
 
