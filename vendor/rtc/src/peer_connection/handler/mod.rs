@@ -55,6 +55,21 @@ macro_rules! forward_handlers {
     };
 }
 
+/// The handlers a read that `read_srtp_direct` took reaches, in read order (Switchboard patch
+/// 9: `pump_reads_after_srtp`, `pump_events_after_srtp`, `poll_timeout_after_srtp_reads`).
+macro_rules! handlers_from_srtp {
+    ($callback:ident!($($args:tt)*)) => {
+        $callback!(
+            $($args)*,
+            [
+                get_srtp_handler,
+                get_interceptor_handler,
+                get_endpoint_handler
+            ]
+        )
+    };
+}
+
 /// Reverse handler list - invokes callback with handler list
 macro_rules! reverse_handlers {
     ($callback:ident!($($args:tt)*)) => {
@@ -489,15 +504,7 @@ impl RTCPeerConnection {
     /// Switchboard patch 9 (vendor/rtc/SWITCHBOARD.md).
     pub fn poll_timeout_after_srtp_reads(&mut self) -> Option<Instant> {
         let mut eto = self.pipeline_context.timeout_before_srtp;
-        earliest_timeout!(
-            self,
-            eto,
-            [
-                get_srtp_handler,
-                get_interceptor_handler,
-                get_endpoint_handler
-            ]
-        );
+        handlers_from_srtp!(earliest_timeout!(self, eto));
         eto
     }
 
@@ -698,15 +705,7 @@ impl RTCPeerConnection {
     fn pump_reads_after_srtp(&mut self) {
         let mut intermediate_routs = VecDeque::<TaggedRTCMessageInternal>::new();
 
-        walk_reads!(
-            self,
-            intermediate_routs,
-            [
-                get_srtp_handler,
-                get_interceptor_handler,
-                get_endpoint_handler
-            ]
-        );
+        handlers_from_srtp!(walk_reads!(self, intermediate_routs));
 
         self.deliver_reads(intermediate_routs);
     }
@@ -777,16 +776,7 @@ impl RTCPeerConnection {
     fn pump_events_after_srtp(&mut self) -> bool {
         let mut intermediate_eouts = VecDeque::new();
         let mut raised = false;
-        walk_events!(
-            self,
-            intermediate_eouts,
-            raised,
-            [
-                get_srtp_handler,
-                get_interceptor_handler,
-                get_endpoint_handler
-            ]
-        );
+        handlers_from_srtp!(walk_events!(self, intermediate_eouts, raised));
         self.deliver_events(intermediate_eouts);
         raised
     }
@@ -927,8 +917,8 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        // In two parts, so that `poll_timeout_after_srtp_reads` can reuse the first
-        // (Switchboard patch 9, vendor/rtc/SWITCHBOARD.md).
+        // The five handlers before SRTP first, kept for `poll_timeout_after_srtp_reads`, which
+        // adds the other three (Switchboard patch 9, vendor/rtc/SWITCHBOARD.md).
         let mut eto: Option<Instant> = None;
         earliest_timeout!(
             self,
@@ -942,16 +932,7 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
             ]
         );
         self.pipeline_context.timeout_before_srtp = eto;
-        earliest_timeout!(
-            self,
-            eto,
-            [
-                get_srtp_handler,
-                get_interceptor_handler,
-                get_endpoint_handler
-            ]
-        );
-        eto
+        self.poll_timeout_after_srtp_reads()
     }
 
     fn close(&mut self) -> Result<(), Self::Error> {
