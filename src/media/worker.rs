@@ -915,10 +915,7 @@ impl<D: Datagrams> Worker<D> {
     /// Notes that `how` reached peer `id` since its last drain (`Touched`).
     fn touch_with(&mut self, id: PeerId, how: Touched) {
         if let Some(peer) = self.peers.get_mut(&id) {
-            if peer.touched == Touched::No {
-                self.touched.push(id);
-            }
-            peer.touched = peer.touched.and(how);
+            note_touch(&mut self.touched, id, &mut peer.touched, how);
         }
     }
 
@@ -1641,11 +1638,12 @@ impl<D: Datagrams> Worker<D> {
                 .on_sent(now, rewrite.timestamp, header_len, packet.payload.len());
             self.stats.rtp_forwarded += 1;
             self.unsent += 1;
-            if peer.touched == Touched::No {
-                self.touched
-                    .push(participant.subscribe.expect("matched above"));
-            }
-            peer.touched = peer.touched.and(Touched::Forwarded);
+            note_touch(
+                &mut self.touched,
+                participant.subscribe.expect("matched above"),
+                &mut peer.touched,
+                Touched::Forwarded,
+            );
         }
         let forwarded = self.stats.rtp_forwarded > forwarded_before;
         if let (true, Some(at)) = (forwarded, self.received) {
@@ -1977,6 +1975,16 @@ impl<D: Datagrams> Worker<D> {
             }
         }
     }
+}
+
+/// Notes that `how` reached peer `id`, whose state is `touched`, since its last drain; a peer
+/// untouched until now joins `list`, the peers the turn's `flush` drains. (`Worker::touch_with`,
+/// and `forward`, which holds the peer borrowed already.)
+fn note_touch(list: &mut Vec<PeerId>, id: PeerId, touched: &mut Touched, how: Touched) {
+    if *touched == Touched::No {
+        list.push(id);
+    }
+    *touched = touched.and(how);
 }
 
 /// How long the loop may sleep at `now` with the earliest `strict` and `lax` deadlines
