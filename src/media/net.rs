@@ -17,10 +17,11 @@ pub const MAX_DATAGRAM: usize = 2048;
 /// benches that measure the media plane alone.
 pub trait Datagrams {
     /// Reads up to `BATCH` datagrams; calls `each(source, bytes, received)` for each, with the
-    /// kernel's receive time when known. Returns how many were read (0 when nothing waits).
+    /// kernel's receive time when known, handing over the buffer the datagram was read into.
+    /// Returns how many were read (0 when nothing waits).
     fn recv_batch(
         &mut self,
-        each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+        each: impl FnMut(SocketAddr, BytesMut, Option<RealTime>),
     ) -> io::Result<usize>;
 
     /// Sends every datagram of `out` and empties it. Returns how many were refused (dropped).
@@ -30,9 +31,9 @@ pub trait Datagrams {
 impl Datagrams for BatchSocket {
     fn recv_batch(
         &mut self,
-        each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+        each: impl FnMut(SocketAddr, BytesMut, Option<RealTime>),
     ) -> io::Result<usize> {
-        self.recv_batch_stamped(each)
+        self.recv_batch_owned(each)
     }
 
     fn send_all(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) -> usize {
@@ -53,11 +54,11 @@ pub struct MemoryDatagrams {
 impl Datagrams for MemoryDatagrams {
     fn recv_batch(
         &mut self,
-        mut each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+        mut each: impl FnMut(SocketAddr, BytesMut, Option<RealTime>),
     ) -> io::Result<usize> {
         let n = self.inbound.len().min(BATCH);
         for (from, bytes) in self.inbound.drain(..n) {
-            each(from, &bytes, None);
+            each(from, bytes, None);
         }
         Ok(n)
     }
@@ -134,7 +135,9 @@ const CONTROL_LEN: usize = 64;
 
 pub struct BatchSocket {
     socket: UdpSocket,
-    bufs: Vec<[u8; MAX_DATAGRAM]>,
+    /// One receive buffer per datagram of a batch, each empty with room for `MAX_DATAGRAM`
+    /// bytes between reads. `recv_batch_owned` hands a filled one over instead of copying it.
+    bufs: Vec<BytesMut>,
     addrs: Vec<libc::sockaddr_storage>,
     /// Per-datagram control buffers for the kernel's receive timestamps (u64 for alignment).
     controls: Vec<[u64; CONTROL_LEN / 8]>,
@@ -169,7 +172,9 @@ impl BatchSocket {
         };
         Ok(Self {
             socket: socket.into(),
-            bufs: vec![[0; MAX_DATAGRAM]; BATCH],
+            bufs: (0..BATCH)
+                .map(|_| BytesMut::with_capacity(MAX_DATAGRAM))
+                .collect(),
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             addrs: vec![unsafe { zeroed() }; BATCH],
             controls: vec![[0; CONTROL_LEN / 8]; BATCH],
@@ -186,23 +191,35 @@ impl BatchSocket {
     }
 
     /// Reads up to `BATCH` datagrams; calls `each(source, bytes)` for each. Returns how many
-    /// were read (0 when nothing is waiting).
+    /// were read (0 when nothing is waiting). The buffers are kept for the next read.
     pub fn recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
-        self.recv_batch_stamped(|from, bytes, _| each(from, bytes))
+        self.recv_into_bufs(|from, buf, _| each(from, buf))
     }
 
-    /// `recv_batch` with each datagram's kernel receive time (`SO_TIMESTAMPNS`).
-    pub fn recv_batch_stamped(
+    /// Reads up to `BATCH` datagrams; calls `each(source, bytes, received)` for each, with the
+    /// kernel's receive time (`SO_TIMESTAMPNS`), handing over the buffer the datagram was read
+    /// into (and allocating its successor) rather than copying it out.
+    pub fn recv_batch_owned(
         &mut self,
-        mut each: impl FnMut(SocketAddr, &[u8], Option<RealTime>),
+        mut each: impl FnMut(SocketAddr, BytesMut, Option<RealTime>),
     ) -> io::Result<usize> {
-        // SAFETY: iovecs and headers point into self.bufs/self.addrs, which outlive the call
-        // and are not touched until it returns; the kernel writes at most iov_len/msg_namelen.
+        self.recv_into_bufs(|from, buf, at| each(from, std::mem::take(buf), at))
+    }
+
+    /// One `recvmmsg` into `self.bufs`; calls `each` with every datagram's buffer, whose length
+    /// is the datagram's. A buffer `each` takes (or shrinks) is replaced, the others emptied.
+    fn recv_into_bufs(
+        &mut self,
+        mut each: impl FnMut(SocketAddr, &mut BytesMut, Option<RealTime>),
+    ) -> io::Result<usize> {
+        // SAFETY: iovecs and headers point into self.bufs' spare capacity (MAX_DATAGRAM bytes
+        // each) and self.addrs/self.controls, which outlive the call and are not touched until
+        // it returns; the kernel writes at most iov_len/msg_namelen/msg_controllen bytes.
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for i in 0..BATCH {
             iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_base: self.bufs[i].spare_capacity_mut().as_mut_ptr().cast(),
                 iov_len: MAX_DATAGRAM,
             };
             hdrs[i].msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
@@ -229,16 +246,21 @@ impl BatchSocket {
             };
         }
         let n = n as usize;
-        for ((hdr, addr), buf) in hdrs.iter().zip(&self.addrs).zip(&self.bufs).take(n) {
+        for ((hdr, addr), buf) in hdrs.iter().zip(&self.addrs).zip(&mut self.bufs).take(n) {
             if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 continue; // larger than any WebRTC datagram: not ours
             }
-            if let Some(addr) = from_storage(addr) {
-                each(
-                    addr,
-                    &buf[..hdr.msg_len as usize],
-                    receive_time(&hdr.msg_hdr),
-                );
+            let Some(addr) = from_storage(addr) else {
+                continue;
+            };
+            // SAFETY: the kernel wrote msg_len (≤ MAX_DATAGRAM, the capacity) bytes from the
+            // start of the spare capacity.
+            unsafe { buf.set_len(hdr.msg_len as usize) };
+            each(addr, buf, receive_time(&hdr.msg_hdr));
+            if buf.capacity() < MAX_DATAGRAM {
+                *buf = BytesMut::with_capacity(MAX_DATAGRAM);
+            } else {
+                buf.clear();
             }
         }
         Ok(n)
@@ -534,16 +556,17 @@ mod tests {
                 [a.raw_fd(), a.raw_fd()],
                 Some(std::time::Duration::from_millis(50)),
             );
-            a.recv_batch_stamped(|from, bytes, at| {
+            // The buffers handed over are kept across reads: a later read must not reuse them.
+            a.recv_batch_owned(|from, bytes, at| {
                 let at = at.expect("SO_TIMESTAMPNS stamps every datagram");
                 assert!(at >= sent_at && RealTime::now().since(at).as_secs() < 2);
-                got.push((from, bytes.to_vec()))
+                got.push((from, bytes))
             })
             .unwrap();
         }
         assert_eq!(got.len(), 40);
         assert!(got.iter().all(|(from, _)| *from == b.local_addr().unwrap()));
-        assert_eq!(got[39].1, vec![39; 49]);
+        assert!(got.iter().zip(&msgs).all(|((_, g), (_, m))| g[..] == m[..]));
     }
 
     #[test]

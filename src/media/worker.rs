@@ -238,7 +238,7 @@ impl<D: Datagrams> Worker<D> {
         for _ in 0..8 {
             let read = self
                 .socket
-                .recv_batch(|from, bytes, at| batch.push((from, BytesMut::from(bytes), at)));
+                .recv_batch(|from, bytes, at| batch.push((from, bytes, at)));
             match read {
                 Ok(0) => break,
                 Ok(n) => {
