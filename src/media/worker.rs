@@ -152,6 +152,9 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     /// deadlines set since are all later than the turn that set them. `None` (a turn not
     /// started by `run`, as in the benches) scans.
     timers_due: Option<Option<Instant>>,
+    /// When the last turn that handled datagrams ended, read for its `turn_time`: `run`
+    /// reckons the next sleep from it instead of reading the clock again.
+    turn_ended: Option<Instant>,
     stopped: bool,
     /// No more joins: the server is going away.
     shutting_down: bool,
@@ -163,7 +166,7 @@ impl Worker<BatchSocket> {
     pub fn run(&mut self) {
         info!(addr = %self.host, "media worker started");
         while !self.stopped {
-            let now = Instant::now();
+            let now = self.turn_ended.take().unwrap_or_else(Instant::now);
             let (strict, lax) = self.next_deadlines();
             self.timers_due = Some(strict.into_iter().chain(lax).min());
             let timeout = sleep_until_due(now, strict, lax);
@@ -206,6 +209,7 @@ impl<D: Datagrams> Worker<D> {
             doomed: Vec::new(),
             next_speaker_check: Instant::now(),
             timers_due: None,
+            turn_ended: None,
             stopped: false,
             shutting_down: false,
         }
@@ -272,7 +276,9 @@ impl<D: Datagrams> Worker<D> {
         self.reap();
         self.flush();
         if datagrams > 0 {
-            self.stats.turn_time.observe(now.elapsed());
+            let ended = Instant::now();
+            self.stats.turn_time.observe(ended.duration_since(now));
+            self.turn_ended = Some(ended);
         }
     }
 
