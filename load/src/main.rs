@@ -140,6 +140,11 @@ pub struct Args {
     /// CAP_SYS_NICE (root).
     #[arg(long)]
     sched_idle: bool,
+    /// Keep the clients to these CPUs (e.g. `0` or `0,1`), as if they were on another machine
+    /// that leaves the server's cores alone; the server this tool spawns and the raw baseline
+    /// may run on every CPU the tool was started on (docs/performance.md).
+    #[arg(long, value_delimiter = ',')]
+    client_cpus: Vec<usize>,
     /// Seconds of the raw SRTP + sendmmsg baseline after the run (0: skip it).
     #[arg(long, default_value_t = 3.0)]
     baseline_secs: f64,
@@ -168,6 +173,10 @@ fn main() -> anyhow::Result<()> {
     if args.sched_idle {
         // Before the runtime: its threads, and every thread the clients start, inherit it.
         sched::idle().context("--sched-idle")?;
+    }
+    if !args.client_cpus.is_empty() {
+        // Likewise inherited by every thread of the runtime.
+        sched::confine(&args.client_cpus).context("--client-cpus")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -319,8 +328,10 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         let secs = args.baseline_secs;
         Some(
             tokio::task::spawn_blocking(move || {
-                // The baseline stands for a server: it runs in the server's class.
+                // The baseline stands for a server: it runs in the server's class, on the
+                // server's CPUs.
                 sched::normal_if_idle().context("the raw baseline leaves SCHED_IDLE")?;
+                sched::unconfined().context("the raw baseline leaves --client-cpus")?;
                 baseline::measure(&mix, secs)
             })
             .await??,

@@ -23,6 +23,8 @@ pub struct Report {
     pub tokio_timer: bool,
     /// The clients ran in the SCHED_IDLE class (`--sched-idle`).
     pub sched_idle: bool,
+    /// `--client-cpus` (empty: all).
+    pub client_cpus: Vec<usize>,
     pub duration_s: f64,
     pub video_pairs_flowing: usize,
     pub video_pairs: usize,
@@ -152,6 +154,7 @@ impl Report {
             aligned_clocks: args.aligned_clocks,
             tokio_timer: args.tokio_timer,
             sched_idle: args.sched_idle,
+            client_cpus: args.client_cpus.clone(),
             duration_s: secs,
             video_pairs_flowing: flowing,
             video_pairs: pairs,
@@ -269,6 +272,7 @@ impl Report {
             "aligned_clocks": self.aligned_clocks,
             "tokio_timer": self.tokio_timer,
             "sched_idle": self.sched_idle,
+            "client_cpus": self.client_cpus,
             "duration_s": self.duration_s,
             "video_pairs_flowing": self.video_pairs_flowing,
             "video_pairs": self.video_pairs,
@@ -353,6 +357,15 @@ impl Report {
                 "normal (shares the cores with the server)"
             }
             .to_owned(),
+        );
+        row(
+            "clients' CPUs",
+            if self.client_cpus.is_empty() {
+                "all (the server's too)".to_owned()
+            } else {
+                let list: Vec<String> = self.client_cpus.iter().map(|c| c.to_string()).collect();
+                format!("{} only (the server and the baseline: all)", list.join(","))
+            },
         );
         row("measured for (s)", format!("{:.1}", self.duration_s));
         row(
