@@ -13,6 +13,8 @@
 //   /tmp/fanout-floor SOCKETS THREADS [RATE [SECONDS [BURST]]]
 //     RATE: datagrams a second, sent in bursts of BURST (default 19, one packet's copies at
 //           1 x 20); 0 (the default) sends flat out in batches of 32, as the raw baseline does.
+//   SPIN=1: the receiver threads poll without sleeping (epoll_wait with a zero timeout), so
+//           that no datagram has a sleeping thread to wake.
 // Loopback only (127.0.0.1).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -36,6 +38,7 @@ static int rcv_fd[MAX_SOCKETS];
 static struct sockaddr_in rcv_addr[MAX_SOCKETS];
 static atomic_long received;
 static atomic_int stop;
+static int spin;
 
 static double now_s(clockid_t clock) {
   struct timespec t;
@@ -62,7 +65,7 @@ static void *drain(void *arg) {
   }
   struct epoll_event ready[MAX_SOCKETS];
   while (!atomic_load(&stop)) {
-    int n = epoll_wait(ep, ready, MAX_SOCKETS, 50);
+    int n = epoll_wait(ep, ready, MAX_SOCKETS, spin ? 0 : 50);
     for (int i = 0; i < n; i++) {
       int got;
       while ((got = recvmmsg(ready[i].data.fd, msgs, BATCH, MSG_DONTWAIT, NULL)) > 0)
@@ -82,6 +85,7 @@ int main(int argc, char **argv) {
   double rate = argc > 3 ? atof(argv[3]) : 0;
   double secs = argc > 4 ? atof(argv[4]) : 5;
   int burst = argc > 5 ? atoi(argv[5]) : (rate > 0 ? 19 : BATCH);
+  spin = getenv("SPIN") != NULL;
   if (nsockets < 1 || nsockets > MAX_SOCKETS || nthreads < 1 || nthreads > nsockets ||
       burst < 1 || burst > BATCH) {
     fprintf(stderr, "1 <= THREADS <= SOCKETS <= %d, 1 <= BURST <= %d\n", MAX_SOCKETS, BATCH);
