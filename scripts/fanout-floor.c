@@ -13,7 +13,7 @@
 //   /tmp/fanout-floor SOCKETS THREADS [RATE [SECONDS [BURST]]]
 //     RATE: datagrams a second, sent in bursts of BURST (default 19, one packet's copies at
 //           1 x 20); 0 (the default) sends flat out in batches of 32, as the raw baseline does.
-//   SPIN=1: the receiver threads poll without sleeping (epoll_wait with a zero timeout), so
+//   SPIN=1 (unset, empty or 0: off): the receiver threads poll without sleeping (epoll_wait with a zero timeout), so
 //           that no datagram has a sleeping thread to wake.
 // Loopback only (127.0.0.1).
 #define _GNU_SOURCE
@@ -85,7 +85,8 @@ int main(int argc, char **argv) {
   double rate = argc > 3 ? atof(argv[3]) : 0;
   double secs = argc > 4 ? atof(argv[4]) : 5;
   int burst = argc > 5 ? atoi(argv[5]) : (rate > 0 ? 19 : BATCH);
-  spin = getenv("SPIN") != NULL;
+  const char *spin_env = getenv("SPIN");
+  spin = spin_env && *spin_env && strcmp(spin_env, "0") != 0;
   if (nsockets < 1 || nsockets > MAX_SOCKETS || nthreads < 1 || nthreads > nsockets ||
       burst < 1 || burst > BATCH) {
     fprintf(stderr, "1 <= THREADS <= SOCKETS <= %d, 1 <= BURST <= %d\n", MAX_SOCKETS, BATCH);
