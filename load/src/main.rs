@@ -119,9 +119,9 @@ pub struct Args {
     #[arg(long)]
     aligned_clocks: bool,
     /// Time the publishers' sends with tokio's millisecond timer, as the tool did until
-    /// 2026-11-22 (docs/performance-history.md): every packet due within the same millisecond
-    /// then leaves in one burst. By default each publisher sends at its own instant, as
-    /// independent machines do.
+    /// 2026-11-22 (the git history of docs/performance.md): every packet due within the same
+    /// millisecond then leaves in one burst. By default each publisher sends at its own
+    /// instant, as independent machines do.
     #[arg(long)]
     tokio_timer: bool,
     /// Milliseconds between two joins in the same room.
