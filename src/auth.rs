@@ -1,4 +1,7 @@
 //! JWT verification (HS256) and, in dev mode, minting.
+//!
+//! `verify` is the one gate of every surface (REST, `/ws`, WHIP/WHEP): signature, `exp`, `nbf`
+//! and `iat` (each with `LEEWAY_SECS` for clock skew), and the `sub` rule of `valid_user_id`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +33,26 @@ fn yes() -> bool {
     true
 }
 
+/// Allowance for clock skew between the token's issuer and this server, in seconds: on `exp`,
+/// `nbf` and `iat`.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// User ids (`sub`): 1 to 128 bytes, no control characters (the store separates keys with
+/// NUL; CR/LF would forge log lines).
+pub fn valid_user_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control)
+}
+
+/// The claims as decoded: `Claims` plus the times only `verify` looks at.
+#[derive(Deserialize)]
+struct Decoded {
+    #[serde(flatten)]
+    claims: Claims,
+    /// Issued at, seconds since the Unix epoch (a JSON number, maybe fractional).
+    #[serde(default)]
+    iat: Option<f64>,
+}
+
 impl Claims {
     /// May this token enter `room`?
     pub fn grants_room(&self, room: &str) -> bool {
@@ -45,6 +68,12 @@ pub enum AuthError {
     Expired,
     #[error("invalid token")]
     Invalid,
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("token issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("token sub must be 1 to 128 bytes without control characters")]
+    BadSubject,
 }
 
 impl AuthError {
@@ -52,7 +81,11 @@ impl AuthError {
     pub fn code(self) -> &'static str {
         match self {
             AuthError::Expired => "token_expired",
-            AuthError::Missing | AuthError::Invalid => "unauthorized",
+            AuthError::Missing
+            | AuthError::Invalid
+            | AuthError::NotYetValid
+            | AuthError::IssuedInFuture
+            | AuthError::BadSubject => "unauthorized",
         }
     }
 }
@@ -69,7 +102,8 @@ pub struct Auth {
 impl Auth {
     pub fn new(secret: &[u8], dev_mode: bool) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             decoding: DecodingKey::from_secret(secret),
@@ -87,12 +121,23 @@ impl Auth {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
+        let decoded = jsonwebtoken::decode::<Decoded>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 _ => AuthError::Invalid,
-            })
+            })?
+            .claims;
+        if decoded
+            .iat
+            .is_some_and(|iat| !iat.is_finite() || iat > (unix_now() + LEEWAY_SECS) as f64)
+        {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if !valid_user_id(&decoded.claims.sub) {
+            return Err(AuthError::BadSubject);
+        }
+        Ok(decoded.claims)
     }
 
     /// Verifies the value of an `Authorization` header (`Bearer <jwt>`).
@@ -172,6 +217,70 @@ mod tests {
             auth.verify_bearer(Some("Basic abc")),
             Err(AuthError::Invalid)
         );
+    }
+
+    fn mint_json(auth_secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(auth_secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbf_and_iat_in_the_future_are_refused() {
+        let auth = Auth::new(b"secret", false);
+        let now = unix_now();
+        let with = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"sub": "u1", "exp": now + 600});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            auth.verify(&mint_json(b"secret", c))
+        };
+        assert_eq!(
+            with(serde_json::json!({"nbf": now + 3600})),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            with(serde_json::json!({"iat": now + 365 * 86400})),
+            Err(AuthError::IssuedInFuture)
+        );
+        assert_eq!(
+            with(serde_json::json!({"iat": (now + 365 * 86400) as f64 + 0.5})),
+            Err(AuthError::IssuedInFuture)
+        );
+        // within the leeway, or in the past: fine
+        assert!(with(serde_json::json!({"nbf": now + 2, "iat": now + 2})).is_ok());
+        assert!(with(serde_json::json!({"nbf": now - 60, "iat": now - 60})).is_ok());
+        assert_eq!(AuthError::NotYetValid.code(), "unauthorized");
+        assert_eq!(AuthError::IssuedInFuture.code(), "unauthorized");
+    }
+
+    #[test]
+    fn sub_rules_hold_for_every_surface() {
+        let auth = Auth::new(b"secret", false);
+        let exp = unix_now() + 600;
+        for bad in [
+            String::new(),
+            "x".repeat(10_000),
+            "a\r\nb".into(),
+            "a\0b".into(),
+        ] {
+            let token = mint_json(b"secret", serde_json::json!({"sub": bad, "exp": exp}));
+            assert_eq!(auth.verify(&token), Err(AuthError::BadSubject), "{bad:?}");
+            assert_eq!(
+                auth.verify_bearer(Some(&format!("Bearer {token}"))),
+                Err(AuthError::BadSubject)
+            );
+        }
+        let token = mint_json(
+            b"secret",
+            serde_json::json!({"sub": "x".repeat(128), "exp": exp}),
+        );
+        assert!(auth.verify(&token).is_ok());
+        assert!(valid_user_id("ümlaut user"));
     }
 
     #[test]

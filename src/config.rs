@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::signal::limits::{Limits, Rate};
+
 /// Hard ceiling on a room's size: the forwarding loop is sized for calls of up to 20.
 pub const MAX_ROOM_SIZE: usize = 20;
 
@@ -104,6 +106,43 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_CALL_RATE_LIMIT", default_value_t = 10,
           value_parser = parse_rate_limit)]
     pub call_rate_limit: usize,
+
+    // ---- /ws sessions: auth deadline and per-session rate limits (docs/protocol.md) ----
+    /// Seconds a new /ws socket has to send `auth` before it is closed (1 to 300).
+    #[arg(long, env = "SWITCHBOARD_WS_AUTH_TIMEOUT", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub ws_auth_timeout: u64,
+
+    /// `media_state` messages one /ws session may send: PER_SECOND,BURST.
+    #[arg(long, env = "SWITCHBOARD_WS_RATE_MEDIA_STATE", default_value = "5,20")]
+    pub ws_rate_media_state: Rate,
+
+    /// `candidate` messages one /ws session may send: PER_SECOND,BURST.
+    #[arg(long, env = "SWITCHBOARD_WS_RATE_CANDIDATE", default_value = "20,100")]
+    pub ws_rate_candidate: Rate,
+
+    /// `publish_offer` and `subscribe_answer` messages one /ws session may send (together):
+    /// PER_SECOND,BURST.
+    #[arg(long, env = "SWITCHBOARD_WS_RATE_NEGOTIATION", default_value = "5,50")]
+    pub ws_rate_negotiation: Rate,
+
+    /// `ping` messages (and WebSocket pings) one /ws session may send: PER_SECOND,BURST.
+    #[arg(long, env = "SWITCHBOARD_WS_RATE_PING", default_value = "2,10")]
+    pub ws_rate_ping: Rate,
+
+    /// `auth`, `join` and `leave` messages one /ws session may send (together): PER_SECOND,BURST.
+    #[arg(long, env = "SWITCHBOARD_WS_RATE_SESSION", default_value = "1,10")]
+    pub ws_rate_session: Rate,
+
+    /// Unreadable messages (invalid JSON, unknown type, binary, too large) one /ws session may
+    /// send: PER_SECOND,BURST.
+    #[arg(long, env = "SWITCHBOARD_WS_RATE_MALFORMED", default_value = "1,10")]
+    pub ws_rate_malformed: Rate,
+
+    /// Messages over the limits above one /ws session may send (PER_SECOND,BURST) before it is
+    /// closed with `rate_limited` and removed from its room.
+    #[arg(long, env = "SWITCHBOARD_WS_ABUSE_LIMIT", default_value = "5,50")]
+    pub ws_abuse_limit: Rate,
 
     /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
     /// Flags and environment variables win over it.
@@ -234,6 +273,14 @@ impl Config {
             shutdown_grace,
             ring_timeout,
             call_rate_limit,
+            ws_auth_timeout,
+            ws_rate_media_state,
+            ws_rate_candidate,
+            ws_rate_negotiation,
+            ws_rate_ping,
+            ws_rate_session,
+            ws_rate_malformed,
+            ws_abuse_limit,
             config,
         } = self;
         let secret = |s: &Option<String>| if s.is_some() { "<redacted>" } else { "none" };
@@ -245,7 +292,11 @@ impl Config {
              stun_url={} turn_url={} turn_secret={} max_participants={max_participants} \
              media_workers={media_workers} media_rt_priority={} log_format={} metrics_token={} \
              shutdown_grace={shutdown_grace} ring_timeout={ring_timeout} \
-             call_rate_limit={call_rate_limit} config={}",
+             call_rate_limit={call_rate_limit} ws_auth_timeout={ws_auth_timeout} \
+             ws_rate_media_state={ws_rate_media_state} ws_rate_candidate={ws_rate_candidate} \
+             ws_rate_negotiation={ws_rate_negotiation} ws_rate_ping={ws_rate_ping} \
+             ws_rate_session={ws_rate_session} ws_rate_malformed={ws_rate_malformed} \
+             ws_abuse_limit={ws_abuse_limit} config={}",
             opt(public_ip.map(|ip| ip.to_string())),
             data_dir.display(),
             secret(jwt_secret),
@@ -261,6 +312,19 @@ impl Config {
         );
         debug_assert!(SECRETS.iter().all(|k| out.contains(&format!("{k}="))));
         out
+    }
+
+    /// The per-session limits of `/ws`.
+    pub fn ws_limits(&self) -> Limits {
+        Limits {
+            media_state: self.ws_rate_media_state,
+            candidate: self.ws_rate_candidate,
+            negotiation: self.ws_rate_negotiation,
+            ping: self.ws_rate_ping,
+            session: self.ws_rate_session,
+            malformed: self.ws_rate_malformed,
+            abuse: self.ws_abuse_limit,
+        }
     }
 
     /// The address the media socket binds.
@@ -294,6 +358,29 @@ mod tests {
         assert_eq!(c.max_participants, 20);
         assert_eq!(c.media_workers, 1);
         assert_eq!(c.advertised_ip().unwrap().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn ws_limits_have_defaults_and_are_checked() {
+        let c = Config::try_parse_from(["switchboard"]).unwrap();
+        assert_eq!(c.ws_auth_timeout, 5);
+        let l = c.ws_limits();
+        assert_eq!(l.media_state, Rate::new(5.0, 20));
+        assert_eq!(l.candidate, Rate::new(20.0, 100));
+        assert_eq!(l.abuse, Rate::new(5.0, 50));
+        let c = Config::try_parse_from(["switchboard", "--ws-rate-ping", "0.5,3"]).unwrap();
+        assert_eq!(c.ws_limits().ping, Rate::new(0.5, 3));
+        assert!(Config::try_parse_from(["switchboard", "--ws-rate-ping", "3"]).is_err());
+        assert!(Config::try_parse_from(["switchboard", "--ws-auth-timeout", "0"]).is_err());
+        let f = write_config("ws_rate_candidate = \"10,40\"\nws_auth_timeout = 2\n");
+        let c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.ws_rate_candidate, Rate::new(10.0, 40));
+        assert_eq!(c.ws_auth_timeout, 2);
+        assert!(
+            c.redacted().contains("ws_rate_candidate=10,40"),
+            "{}",
+            c.redacted()
+        );
     }
 
     #[test]

@@ -116,8 +116,8 @@ pub fn app(state: AppState) -> Router {
 async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let metrics = state.metrics.clone();
     upgrade
-        .max_message_size(session::MAX_MESSAGE)
-        .max_frame_size(session::MAX_MESSAGE)
+        .max_message_size(session::MAX_TRANSPORT_MESSAGE)
+        .max_frame_size(session::MAX_TRANSPORT_MESSAGE)
         .on_upgrade(move |socket| async move {
             // Counted here rather than inside the session: the guard lives as long as it.
             let _open = metrics.ws_opened();

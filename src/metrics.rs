@@ -29,6 +29,8 @@ pub struct Metrics {
     http_requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     ws_open: AtomicI64,
     ws_total: AtomicU64,
+    /// Media events the call-record consumer could not write.
+    events_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -44,6 +46,11 @@ impl Metrics {
         self.ws_open.fetch_add(1, Ordering::Relaxed);
         self.ws_total.fetch_add(1, Ordering::Relaxed);
         WsGuard(self.clone())
+    }
+
+    /// Counts media events the call records lost (the consumer could not write them).
+    pub fn events_lost(&self, n: u64) {
+        self.events_lost.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn ws_open(&self) -> i64 {
@@ -74,6 +81,7 @@ impl Metrics {
             sum.nacks_in += s.nacks_in;
             sum.retransmissions += s.retransmissions;
             sum.retransmissions_missed += s.retransmissions_missed;
+            sum.events_lost += s.events_lost;
             sum.turn_time.merge(&s.turn_time);
             sum.forwarding_delay.merge(&s.forwarding_delay);
             for (total, n) in sum.drops.iter_mut().zip(s.drops) {
@@ -105,7 +113,13 @@ impl Metrics {
             family(&mut out, name, "gauge", help);
             let _ = writeln!(out, "switchboard_{name} {value}");
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 12] = [
+            (
+                "events_lost_total",
+                "Media events (joins, leaves, media state, room closes) that did not reach the \
+                 call records: the event queue was full, or the write failed.",
+                sum.events_lost + self.events_lost.load(Ordering::Relaxed),
+            ),
             (
                 "nacks_in_total",
                 "NACKs received from subscribers, answered from each video track's history.",
@@ -316,6 +330,7 @@ mod tests {
             ..Default::default()
         };
         a.drop(Drop::NoSubscribers);
+        a.events_lost = 4;
         let mut b = WorkerStats {
             rooms: 2,
             participants: 3,
@@ -325,8 +340,15 @@ mod tests {
         };
         b.drop(Drop::NoSubscribers);
         b.drop(Drop::UnknownSource);
-        let text = Metrics::default().render(&[a, b], 3, &LatencyHistogram::default());
+        let m = Metrics::default();
+        m.events_lost(2);
+        let text = m.render(&[a, b], 3, &LatencyHistogram::default());
         assert_eq!(value_of(&text, "switchboard_rooms").as_deref(), Some("3"));
+        assert_eq!(
+            value_of(&text, "switchboard_events_lost_total").as_deref(),
+            Some("6"),
+            "the workers' and the consumer's"
+        );
         assert_eq!(
             value_of(&text, "switchboard_participants").as_deref(),
             Some("5")

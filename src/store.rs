@@ -16,6 +16,7 @@
 //! with reason `server_restart`.
 
 use crate::media::stats::LatencyHistogram;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -197,8 +198,61 @@ impl CallStore {
         Ok(Some(result))
     }
 
+    /// Group commit of events about rooms: applies each `(room, event)` in order to the call of
+    /// its room, under one lock; reads each call once, writes every call that changed in one
+    /// transaction and flushes once. Per event, what `apply` returned, or `None` when the room
+    /// belongs to no call. All or nothing: on an error nothing of the batch is written.
+    pub fn apply_batch<E, A>(
+        &self,
+        events: Vec<(String, E)>,
+        mut apply: impl FnMut(&mut CallState, E) -> A,
+    ) -> Result<Vec<Option<A>>, StoreError> {
+        let _guard = self.lock();
+        let mut call_of_room: HashMap<String, Option<usize>> = HashMap::new();
+        // (as read, as changed by the events)
+        let mut calls: Vec<(CallState, CallState)> = Vec::new();
+        let mut results = Vec::with_capacity(events.len());
+        for (room, event) in events {
+            let slot = match call_of_room.get(&room) {
+                Some(slot) => *slot,
+                None => {
+                    let state = match self.call_for_room(&room)? {
+                        Some(id) => self.get(&id)?,
+                        None => None,
+                    };
+                    let slot = state.map(|state| {
+                        calls.push((state.clone(), state));
+                        calls.len() - 1
+                    });
+                    call_of_room.insert(room, slot);
+                    slot
+                }
+            };
+            results.push(slot.map(|i| apply(&mut calls[i].1, event)));
+        }
+        let changed: Vec<&CallState> = calls
+            .iter()
+            .filter(|(before, after)| before != after)
+            .map(|(_, after)| after)
+            .collect();
+        if !changed.is_empty() {
+            let started = std::time::Instant::now();
+            self.write_states(&changed, false)?;
+            self.flush()?;
+            self.write_latency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(started.elapsed());
+        }
+        Ok(results)
+    }
+
     fn write_state(&self, state: &CallState, new: bool) -> Result<(), StoreError> {
-        let call = &state.call;
+        self.write_states(&[state], new)
+    }
+
+    /// Writes `states` in one transaction; `new`: they are new calls (their rooms are indexed).
+    fn write_states(&self, states: &[&CallState], new: bool) -> Result<(), StoreError> {
         (
             &self.calls,
             &self.participants,
@@ -206,17 +260,20 @@ impl CallStore {
             &self.rooms,
         )
             .transaction(|(calls, participants, user_calls, rooms)| {
-                calls.insert(call.id.as_bytes(), encode(call))?;
-                for p in &state.participants {
-                    participants.insert(participant_key(&call.id, &p.user_id), encode(p))?;
-                    // New participants (guests) enter their history on their first write.
-                    user_calls.insert(
-                        user_call_key(&p.user_id, call.created_at, &call.id),
-                        &[][..],
-                    )?;
-                }
-                if new {
-                    rooms.insert(call.room.as_bytes(), call.id.as_bytes())?;
+                for state in states {
+                    let call = &state.call;
+                    calls.insert(call.id.as_bytes(), encode(call))?;
+                    for p in &state.participants {
+                        participants.insert(participant_key(&call.id, &p.user_id), encode(p))?;
+                        // New participants (guests) enter their history on their first write.
+                        user_calls.insert(
+                            user_call_key(&p.user_id, call.created_at, &call.id),
+                            &[][..],
+                        )?;
+                    }
+                    if new {
+                        rooms.insert(call.room.as_bytes(), call.id.as_bytes())?;
+                    }
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
@@ -425,6 +482,59 @@ mod tests {
         let c9 = store.get("c9").unwrap().unwrap();
         assert_eq!(c9.call.status, CallStatus::Ended);
         assert!(store.close_for_shutdown(5_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_and_writes_each_call_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CallStore::open(dir.path()).unwrap();
+        store
+            .create(&new_call("c1", "ann", &["bob"], 1_000))
+            .unwrap();
+        store
+            .create(&new_call("c2", "cid", &["dan"], 1_000))
+            .unwrap();
+        let writes = store.write_latency().count;
+        let events = vec![
+            ("room-c1".to_owned(), ("bob", "p1", true)),
+            ("room-none".to_owned(), ("eve", "p9", true)),
+            ("room-c2".to_owned(), ("dan", "p2", true)),
+            ("room-c1".to_owned(), ("bob", "p1", false)),
+            ("room-c1".to_owned(), ("ann", "p3", true)),
+        ];
+        let results = store
+            .apply_batch(events, |c, (user, pid, join)| {
+                if join {
+                    c.joined(user, user, pid, 1_100).is_ok()
+                } else {
+                    c.left(user, pid, "left", Quality::default(), 1_200)
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            results,
+            [Some(true), None, Some(true), Some(false), Some(true)]
+        );
+        assert_eq!(
+            store.write_latency().count,
+            writes + 1,
+            "one flush for the batch"
+        );
+        let c1 = store.get("c1").unwrap().unwrap();
+        let bob = c1.participants.iter().find(|p| p.user_id == "bob").unwrap();
+        assert_eq!(bob.joins.len(), 1);
+        assert_eq!(bob.joins[0].left_at, Some(1_200), "applied in order");
+        assert_eq!(c1.call.status, CallStatus::Active, "ann is still in");
+        assert_eq!(
+            store.get("c2").unwrap().unwrap().call.status,
+            CallStatus::Active
+        );
+        // nothing changed: nothing written
+        let results = store
+            .apply_batch(vec![("room-none".to_owned(), ())], |_, ()| ())
+            .unwrap();
+        assert_eq!(results, [None]);
+        assert_eq!(store.write_latency().count, writes + 1);
     }
 
     #[test]

@@ -124,8 +124,9 @@ async fn messages_before_auth_and_malformed_messages_get_errors_and_keep_the_soc
 async fn an_oversized_message_is_refused() {
     let server = TestServer::start(&[]).await;
     let mut s = Signal::connect(&server.ws_url()).await;
-    s.send(json!({"type": "auth", "token": "x".repeat(400 * 1024)}));
-    // The server refuses a frame over its limit by closing the socket.
+    s.send(json!({"type": "auth", "token": "x".repeat(2 * 1024 * 1024)}));
+    // The server refuses a message over its transport limit (1 MiB) by closing the socket;
+    // one over the protocol's 256 KiB but under 1 MiB gets bad_message (hostile_signaling.rs).
     let _ = s.recv(Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.closed.load(std::sync::atomic::Ordering::SeqCst));

@@ -327,40 +327,80 @@ enum Applied {
     Refuse(String),
 }
 
+/// Most media events written in one batch.
+const EVENT_BATCH: usize = 1024;
+
+fn room_of(event: &MediaEvent) -> &str {
+    match event {
+        MediaEvent::ParticipantJoined { room, .. }
+        | MediaEvent::ParticipantLeft { room, .. }
+        | MediaEvent::MediaStateChanged { room, .. }
+        | MediaEvent::RoomClosed { room } => room,
+    }
+}
+
 /// Keeps the call records in step with the rooms; runs for the life of the server.
+///
+/// Group commit: every event waiting is taken at once and applied in order in one blocking
+/// task, with one transaction and one flush for the batch, so a burst costs one disk write.
+/// A batch that cannot be written is counted in `/metrics` (`switchboard_events_lost_total`)
+/// and logged once per room.
 pub async fn consume_media_events(state: AppState, mut events: mpsc::Receiver<MediaEvent>) {
-    while let Some(event) = events.recv().await {
-        let room = match &event {
-            MediaEvent::ParticipantJoined { room, .. }
-            | MediaEvent::ParticipantLeft { room, .. }
-            | MediaEvent::MediaStateChanged { room, .. }
-            | MediaEvent::RoomClosed { room } => room.clone(),
-        };
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    // Rooms whose events were lost (logged once), until they close.
+    let mut lost_rooms: HashMap<String, u64> = HashMap::new();
+    while events.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+        let rooms: Vec<String> = batch.iter().map(|e| room_of(e).to_owned()).collect();
+        let closed: Vec<String> = batch
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::RoomClosed { room } => Some(room.clone()),
+                _ => None,
+            })
+            .collect();
+        let items: Vec<(String, MediaEvent)> = rooms.iter().cloned().zip(batch.drain(..)).collect();
         let store = state.store.clone();
         let now = now_ms();
-        let key = room.clone();
-        let applied = blocking(move || {
-            let Some(id) = store.call_for_room(&key)? else {
-                return Ok(Applied::Nothing);
-            };
-            let applied = store.update(&id, |c| Ok::<_, ApiError>(apply(c, event, now)))?;
-            Ok(applied.unwrap_or(Applied::Nothing))
-        })
-        .await;
+        let applied =
+            blocking(move || Ok(store.apply_batch(items, |c, event| apply(c, event, now))?)).await;
         match applied {
-            Ok(Applied::Nothing) => {}
-            Ok(Applied::Ended(call)) => {
-                info!(call = %call.call.id, reason = ?call.call.end_reason, "call ended");
-                ended(&state, &call, Vec::new());
+            Ok(results) => {
+                for (room, applied) in rooms.iter().zip(results) {
+                    match applied.unwrap_or(Applied::Nothing) {
+                        Applied::Nothing => {}
+                        Applied::Ended(call) => {
+                            info!(call = %call.call.id, reason = ?call.call.end_reason, "call ended");
+                            ended(&state, &call, Vec::new());
+                        }
+                        Applied::Refuse(participant_id) => {
+                            debug!(%participant_id, "joined the room of a call that is over");
+                            let _ = state.worker_for(room).send(Command::Leave {
+                                participant_id,
+                                reason: LeaveReason::Kicked,
+                            });
+                        }
+                    }
+                }
             }
-            Ok(Applied::Refuse(participant_id)) => {
-                debug!(%participant_id, "joined the room of a call that is over");
-                let _ = state.worker_for(&room).send(Command::Leave {
-                    participant_id,
-                    reason: LeaveReason::Kicked,
-                });
+            Err(e) => {
+                state.metrics.events_lost(rooms.len() as u64);
+                for room in &rooms {
+                    let n = lost_rooms.entry(room.clone()).or_default();
+                    if *n == 0 {
+                        warn!(
+                            room,
+                            error = e.message,
+                            "media events not recorded (logged once per room)"
+                        );
+                    }
+                    *n += 1;
+                }
             }
-            Err(e) => warn!(error = e.message, "media event not recorded"),
+        }
+        for room in closed {
+            if let Some(n) = lost_rooms.remove(&room) {
+                warn!(room, lost = n, "room closed; media events it lost");
+            }
         }
     }
 }

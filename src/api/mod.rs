@@ -41,10 +41,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/ice-servers", get(calls::ice_servers))
 }
 
-/// User ids: 1 to 128 characters, no control characters (the store separates keys with NUL).
-pub fn valid_user_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control)
-}
+/// User ids: the rule `Auth::verify` applies to every token's `sub`.
+pub use crate::auth::valid_user_id;
 
 /// The authenticated caller of a request: `Authorization: Bearer <jwt>`.
 pub struct Caller(pub Claims);

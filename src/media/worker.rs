@@ -838,6 +838,11 @@ impl<D: Datagrams> Worker<D> {
             return;
         };
         let participant = self.participants.get_mut(&pid).expect("looked up above");
+        // Only a change is news: a repeated state is neither recorded nor relayed, so a
+        // burst of them costs the others nothing.
+        if participant.media == state {
+            return;
+        }
         participant.media = state;
         let room = participant.room.clone();
         let event = MediaEvent::MediaStateChanged {
@@ -1854,12 +1859,38 @@ impl<D: Datagrams> Worker<D> {
         quality
     }
 
-    /// Hands an event to the call records. They must keep up: a full queue is logged and
-    /// counted, never waited on.
+    /// Hands an event to the call records. They must keep up: a full queue is counted
+    /// (`events_lost`, in `/metrics`) and logged once per room, never waited on.
     fn emit(&mut self, event: MediaEvent) {
+        thread_local! {
+            /// Rooms of this worker that lost events → how many; a room leaves it when it closes.
+            static LOST: std::cell::RefCell<HashMap<String, u64>> = Default::default();
+        }
+        let closed = match &event {
+            MediaEvent::RoomClosed { room } => Some(room.clone()),
+            _ => None,
+        };
         if let Err(err) = self.events.try_send(event) {
             self.stats.events_lost += 1;
-            warn!(event = ?err.into_inner(), "media event queue full or closed; record not updated");
+            let event = err.into_inner();
+            let room = match &event {
+                MediaEvent::ParticipantJoined { room, .. }
+                | MediaEvent::ParticipantLeft { room, .. }
+                | MediaEvent::MediaStateChanged { room, .. }
+                | MediaEvent::RoomClosed { room } => room,
+            };
+            LOST.with_borrow_mut(|lost| {
+                let n = lost.entry(room.clone()).or_default();
+                if *n == 0 {
+                    warn!(room = %room, ?event, "media event queue full or closed; call record not updated (logged once per room)");
+                }
+                *n += 1;
+            });
+        }
+        if let Some(room) = closed
+            && let Some(n) = LOST.with_borrow_mut(|lost| lost.remove(&room))
+        {
+            warn!(room = %room, lost = n, "room closed; media events it lost");
         }
     }
 

@@ -1,4 +1,5 @@
-//! WebSocket signaling: the protocol types and one session per socket.
+//! WebSocket signaling: the protocol types, the per-session limits and one session per socket.
 
+pub mod limits;
 pub mod protocol;
 pub mod session;

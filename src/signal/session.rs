@@ -3,35 +3,49 @@
 //! The session is generic over the socket (`Stream` of text frames in, `Sink` of text frames out)
 //! so it can be driven without a server.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
+use super::limits::{Kind, Limiter, Verdict};
 use super::protocol::{ClientMessage, ServerMessage};
 use crate::api::live::{NOTIFY_QUEUE, SessionGuard, admit, session_started};
-use crate::auth::{AuthError, Claims};
+use crate::auth::{Claims, LEEWAY_SECS};
 use crate::bridge::{
     Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE,
 };
 use crate::http::{AppState, valid_room};
 
-/// Largest signaling message accepted (an SDP offer of a 20-party subscribe is ~40 KiB).
+/// Largest signaling message the protocol accepts (an SDP offer of a 20-party subscribe is
+/// ~40 KiB); a bigger one is answered with `bad_message`.
 pub const MAX_MESSAGE: usize = 256 * 1024;
-/// A client must authenticate this soon after connecting.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message the WebSocket transport reads. Above `MAX_MESSAGE` so that a message
+/// between the two is refused with `bad_message` on a socket that stays open; a message over
+/// this bound is not read at all (the transport would have to buffer it): the socket is closed
+/// with code 1009 (message too big).
+pub const MAX_TRANSPORT_MESSAGE: usize = 1024 * 1024;
 /// The server pings this often; a client silent for three intervals is gone.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a socket closed for an unreadable message stays open for its last frames to leave.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// Farthest a token's expiry is scheduled (a later `exp` is as good as never).
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A frame of the socket, independent of the WebSocket library.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Text(String),
     Binary,
+    /// In: a WebSocket ping from the client (the transport answers it). Out: a ping to send.
     Ping,
+    /// In: a WebSocket pong (the answer to our ping).
+    Pong,
     Close,
+    /// In: the transport refused a message over `MAX_TRANSPORT_MESSAGE`. Out: close with 1009.
+    TooBig,
 }
 
 pub async fn run(socket: WebSocket, state: AppState) {
@@ -39,13 +53,23 @@ pub async fn run(socket: WebSocket, state: AppState) {
     let stream = stream.map(|m| match m {
         Ok(Message::Text(t)) => Frame::Text(t.to_string()),
         Ok(Message::Binary(_)) => Frame::Binary,
-        Ok(Message::Ping(_) | Message::Pong(_)) => Frame::Ping,
-        Ok(Message::Close(_)) | Err(_) => Frame::Close,
+        Ok(Message::Ping(_)) => Frame::Ping,
+        Ok(Message::Pong(_)) => Frame::Pong,
+        Ok(Message::Close(_)) => Frame::Close,
+        // tungstenite's `Error::Capacity` ("Space limit exceeded: Message too long"); axum
+        // wraps it in an opaque error, so it is told apart by its text.
+        Err(e) if e.to_string().contains("too long") => Frame::TooBig,
+        Err(_) => Frame::Close,
     });
     let sink = sink.with(|f: Frame| async move {
         Ok::<_, axum::Error>(match f {
             Frame::Text(t) => Message::Text(t.into()),
             Frame::Ping => Message::Ping(Default::default()),
+            Frame::Pong => Message::Pong(Default::default()),
+            Frame::TooBig => Message::Close(Some(CloseFrame {
+                code: close_code::SIZE,
+                reason: "message too big".into(),
+            })),
             Frame::Binary | Frame::Close => Message::Close(None),
         })
     });
@@ -56,6 +80,16 @@ struct Joined {
     participant_id: String,
     media: MediaHandle,
     events: mpsc::Receiver<ServerMessage>,
+}
+
+/// When a session authenticated with a token expiring at `exp` must end: when `verify` would
+/// refuse the token (`exp` plus the leeway).
+fn expiry(exp: u64) -> tokio::time::Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let end = Duration::from_secs(exp.saturating_add(LEEWAY_SECS));
+    tokio::time::Instant::now() + end.saturating_sub(now).min(FAR_FUTURE)
 }
 
 /// Runs one session to its end.
@@ -70,8 +104,13 @@ where
     let mut notices: Option<(SessionGuard, mpsc::Receiver<ServerMessage>)> = None;
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = tokio::time::Instant::now();
-    let auth_deadline = tokio::time::sleep(AUTH_TIMEOUT);
-    tokio::pin!(auth_deadline);
+    let auth_timeout = Duration::from_secs(state.config.ws_auth_timeout);
+    // Until `auth`: the auth deadline; after it: the token's expiry (moved by a re-auth).
+    let deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(deadline);
+    let mut armed_exp: Option<u64> = None;
+    let mut limiter = Limiter::new(&state.config.ws_limits(), std::time::Instant::now());
+    let mut leave_reason = LeaveReason::Disconnected;
 
     let span = info_span!(
         "session",
@@ -96,23 +135,62 @@ where
                 frame = input.next() => {
                     last_heard = tokio::time::Instant::now();
                     let Some(frame) = frame else { break };
-                    let text = match frame {
-                        Frame::Text(text) => text,
-                        Frame::Ping => continue,
+                    let ws_ping = frame == Frame::Ping;
+                    let read = match frame {
+                        Frame::Text(text) if text.len() > MAX_MESSAGE => Err(format!(
+                            "the message has {} bytes; the limit is {MAX_MESSAGE}", text.len()
+                        )),
+                        Frame::Text(text) => serde_json::from_str::<ClientMessage>(&text)
+                            .map_err(|e| format!("cannot read the message: {e}")),
+                        Frame::Binary => Err("binary frames are not part of the protocol".into()),
+                        // The transport answers pings itself; they still count.
+                        Frame::Ping => Ok(ClientMessage::Ping),
+                        Frame::Pong => continue,
                         Frame::Close => break,
-                        Frame::Binary => {
-                            let _ = send(&mut output, error("bad_message", "binary frames are not part of the protocol")).await;
-                            continue;
+                        Frame::TooBig => {
+                            let message = format!(
+                                "a message over {MAX_TRANSPORT_MESSAGE} bytes cannot be read; closing"
+                            );
+                            let _ = send(&mut output, error("bad_message", &message)).await;
+                            let _ = output.send(Frame::TooBig).await;
+                            // The unread rest of the message makes the kernel reset the
+                            // connection on close, dropping what is still unsent: give the
+                            // error and the close frame time to leave first.
+                            tokio::time::sleep(CLOSE_LINGER).await;
+                            break;
                         }
                     };
-                    let reply = match serde_json::from_str::<ClientMessage>(&text) {
+                    let kind = read.as_ref().map_or(Kind::Malformed, Kind::of);
+                    match limiter.check(kind, std::time::Instant::now()) {
+                        Verdict::Allow => {}
+                        Verdict::Limited => {
+                            let message = format!("too many {} messages; this one was ignored", kind.as_str());
+                            if send(&mut output, error("rate_limited", &message)).await.is_err() { break }
+                            continue;
+                        }
+                        Verdict::Abusive => {
+                            warn!(kind = kind.as_str(), "closing a session that keeps going over its rate limits");
+                            let message = format!("too many messages over the rate limits (last: {}); closing", kind.as_str());
+                            let _ = send(&mut output, error("rate_limited", &message)).await;
+                            leave_reason = LeaveReason::Kicked;
+                            break;
+                        }
+                    }
+                    if ws_ping {
+                        continue;
+                    }
+                    let reply = match read {
                         Ok(msg) => handle(msg, &state, &mut claims, &mut joined).await,
-                        Err(e) => Step::Reply(error("bad_message", &format!("cannot read the message: {e}"))),
+                        Err(message) => Step::Reply(error("bad_message", &message)),
                     };
                     match reply {
                         Step::Reply(msg) => { if send(&mut output, msg).await.is_err() { break } }
                         Step::Quiet => {}
                         Step::Close(msg) => { let _ = send(&mut output, msg).await; break }
+                    }
+                    if let Some(c) = &claims && armed_exp != Some(c.exp) {
+                        armed_exp = Some(c.exp);
+                        deadline.as_mut().reset(expiry(c.exp));
                     }
                     if notices.is_none() && let Some(c) = &claims {
                         let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
@@ -138,14 +216,20 @@ where
                         break;
                     }
                 }
-                _ = &mut auth_deadline, if claims.is_none() => {
-                    let _ = send(&mut output, error("unauthorized", "no auth message within 10 seconds")).await;
+                _ = &mut deadline => {
+                    let reply = if claims.is_some() {
+                        debug!("token expired");
+                        error("token_expired", "the token expired; send a fresh auth before exp to stay")
+                    } else {
+                        error("unauthorized", &format!("no auth message within {} seconds", auth_timeout.as_secs()))
+                    };
+                    let _ = send(&mut output, reply).await;
                     break;
                 }
             }
         }
         if let Some(j) = joined.take() {
-            let _ = j.media.send(Command::Leave { participant_id: j.participant_id, reason: LeaveReason::Disconnected });
+            let _ = j.media.send(Command::Leave { participant_id: j.participant_id, reason: leave_reason });
         }
         let _ = output.send(Frame::Close).await;
     }
@@ -182,23 +266,27 @@ async fn handle(
     joined: &mut Option<Joined>,
 ) -> Step {
     if let ClientMessage::Auth { token } = &msg {
-        if claims.is_some() {
-            return Step::Reply(error("bad_message", "already authenticated"));
-        }
-        return match state.auth.verify(token) {
-            Ok(c) => {
-                tracing::Span::current().record("user", c.sub.as_str());
-                let reply = ServerMessage::Authenticated {
-                    user_id: c.sub.clone(),
-                    name: c.name.clone(),
-                };
-                *claims = Some(c);
-                Step::Reply(reply)
-            }
-            Err(e @ (AuthError::Expired | AuthError::Invalid | AuthError::Missing)) => {
-                Step::Close(error(e.code(), &e.to_string()))
-            }
+        // The first `auth`, or a fresh token for the same user before the current one
+        // expires (the session then lasts until the new `exp`).
+        let c = match state.auth.verify(token) {
+            Ok(c) => c,
+            Err(e) => return Step::Close(error(e.code(), &e.to_string())),
         };
+        if let Some(old) = claims.as_ref()
+            && old.sub != c.sub
+        {
+            return Step::Reply(error(
+                "forbidden",
+                "a session cannot change its user: a fresh token must have the same sub",
+            ));
+        }
+        tracing::Span::current().record("user", c.sub.as_str());
+        let reply = ServerMessage::Authenticated {
+            user_id: c.sub.clone(),
+            name: c.name.clone(),
+        };
+        *claims = Some(c);
+        return Step::Reply(reply);
     }
     if matches!(msg, ClientMessage::Ping) {
         return Step::Reply(ServerMessage::Pong);
