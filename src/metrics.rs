@@ -29,6 +29,8 @@ pub struct Metrics {
     http_requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     ws_open: AtomicI64,
     ws_total: AtomicU64,
+    /// HTTP connections: open, refused, closed by the server (`serve`).
+    pub connections: crate::serve::ConnStats,
 }
 
 impl Metrics {
@@ -235,6 +237,7 @@ impl Metrics {
             "switchboard_websocket_connections_total {}",
             self.ws_total.load(Ordering::Relaxed)
         );
+        self.connections.render(&mut out);
         out
     }
 }
