@@ -143,6 +143,40 @@ pub struct Config {
     /// closed with `rate_limited` and removed from its room.
     #[arg(long, env = "SWITCHBOARD_WS_ABUSE_LIMIT", default_value = "5,50")]
     pub ws_abuse_limit: Rate,
+    // --- HTTP connection bounds and dev-mode reach (issue 21, `serve`) ---
+    /// Seconds a client may take to send a complete request head, from its connection or
+    /// from the first byte of a later request on it (1 to 3600).
+    #[arg(long, env = "SWITCHBOARD_HTTP_HEADER_TIMEOUT",
+          default_value_t = crate::serve::DEFAULT_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout: u64,
+
+    /// Seconds a keep-alive connection may sit idle between requests, or a request's body or
+    /// response may stall, before the server closes it; WebSockets are not affected (1 to 86400).
+    #[arg(long, env = "SWITCHBOARD_HTTP_IDLE_TIMEOUT",
+          default_value_t = crate::serve::DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub http_idle_timeout: u64,
+
+    /// Most concurrent HTTP connections (WebSockets included). Default: the open-file limit
+    /// less a quarter of it (at least 256) for media and storage, at most 16384.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: Option<u64>,
+
+    /// Most concurrent HTTP connections from one source IP. Behind a reverse proxy every
+    /// connection comes from the proxy: raise it towards --max-connections there.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
+          default_value_t = crate::serve::DEFAULT_MAX_PER_IP as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections_per_ip: u64,
+
+    /// Dev mode only: let clients other than loopback get tokens from POST /api/dev/token.
+    #[arg(long, env = "SWITCHBOARD_DEV_ALLOW_REMOTE", action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value_t = false)]
+    pub dev_allow_remote: bool,
+    // --- end of the connection-bounds block ---
 
     /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
     /// Flags and environment variables win over it.
@@ -281,6 +315,11 @@ impl Config {
             ws_rate_session,
             ws_rate_malformed,
             ws_abuse_limit,
+            http_header_timeout,
+            http_idle_timeout,
+            max_connections,
+            max_connections_per_ip,
+            dev_allow_remote,
             config,
         } = self;
         let secret = |s: &Option<String>| if s.is_some() { "<redacted>" } else { "none" };
@@ -296,7 +335,10 @@ impl Config {
              ws_rate_media_state={ws_rate_media_state} ws_rate_candidate={ws_rate_candidate} \
              ws_rate_negotiation={ws_rate_negotiation} ws_rate_ping={ws_rate_ping} \
              ws_rate_session={ws_rate_session} ws_rate_malformed={ws_rate_malformed} \
-             ws_abuse_limit={ws_abuse_limit} config={}",
+             ws_abuse_limit={ws_abuse_limit} http_header_timeout={http_header_timeout} \
+             http_idle_timeout={http_idle_timeout} max_connections={} \
+             max_connections_per_ip={max_connections_per_ip} dev_allow_remote={dev_allow_remote} \
+             config={}",
             opt(public_ip.map(|ip| ip.to_string())),
             data_dir.display(),
             secret(jwt_secret),
@@ -308,6 +350,7 @@ impl Config {
                 .to_possible_value()
                 .map_or_else(String::new, |v| v.get_name().to_owned()),
             secret(metrics_token),
+            opt(max_connections.map(|n| n.to_string())),
             opt(config.as_ref().map(|p| p.display().to_string())),
         );
         debug_assert!(SECRETS.iter().all(|k| out.contains(&format!("{k}="))));
@@ -325,6 +368,32 @@ impl Config {
             malformed: self.ws_rate_malformed,
             abuse: self.ws_abuse_limit,
         }
+    /// The bounds of HTTP connections under an open-file limit of `fd_limit`, and a warning
+    /// when `--max-connections` leaves less than the reserve of `serve::fd_reserve` free.
+    pub fn connection_limits(&self, fd_limit: u64) -> (crate::serve::Limits, Option<String>) {
+        let derived = crate::serve::max_total_for(fd_limit);
+        let room = fd_limit.saturating_sub(crate::serve::fd_reserve(fd_limit));
+        let (max_total, warning) = match self.max_connections {
+            None => (derived, None),
+            Some(n) => (
+                usize::try_from(n).unwrap_or(usize::MAX),
+                (n > room).then(|| {
+                    format!(
+                        "--max-connections {n} leaves fewer than {} of the {fd_limit} open files \
+                         for media and storage: past {room} connections the server may fail \
+                         with 'too many open files'",
+                        crate::serve::fd_reserve(fd_limit)
+                    )
+                }),
+            ),
+        };
+        let limits = crate::serve::Limits {
+            header_timeout: std::time::Duration::from_secs(self.http_header_timeout),
+            idle_timeout: std::time::Duration::from_secs(self.http_idle_timeout),
+            max_per_ip: usize::try_from(self.max_connections_per_ip).unwrap_or(usize::MAX),
+            max_total,
+        };
+        (limits, warning)
     }
 
     /// The address the media socket binds.
@@ -470,6 +539,41 @@ mod tests {
         assert!(line.contains("jwt_secret=<redacted>"), "{line}");
         assert!(line.contains("udp_port=7882"), "{line}");
         assert!(line.contains("log_format=text"), "{line}");
+    }
+
+    #[test]
+    fn connection_bounds_have_defaults_and_follow_the_fd_limit() {
+        let c = Config::try_parse_from(["switchboard"]).unwrap();
+        assert!(!c.dev_allow_remote);
+        let (l, warning) = c.connection_limits(1024);
+        assert_eq!(l.header_timeout.as_secs(), 10);
+        assert_eq!(l.idle_timeout.as_secs(), 60);
+        assert_eq!(l.max_per_ip, 256);
+        assert_eq!(l.max_total, 768, "1024 less a reserve of 256");
+        assert!(warning.is_none());
+        assert_eq!(c.connection_limits(1 << 20).0.max_total, 16_384);
+        let c = Config::try_parse_from(["switchboard", "--max-connections", "1000"]).unwrap();
+        let (l, warning) = c.connection_limits(1024);
+        assert_eq!(l.max_total, 1000, "the flag is kept");
+        assert!(warning.unwrap().contains("--max-connections 1000"));
+        assert!(c.connection_limits(100_000).1.is_none());
+        assert!(Config::try_parse_from(["switchboard", "--http-header-timeout", "0"]).is_err());
+        assert!(Config::try_parse_from(["switchboard", "--max-connections-per-ip", "0"]).is_err());
+    }
+
+    #[test]
+    fn dev_allow_remote_is_a_switch_that_also_takes_a_value() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("switchboard").chain(args.iter().copied()))
+                .map(|c| c.dev_allow_remote)
+        };
+        assert!(parse(&["--dev-allow-remote"]).unwrap());
+        assert!(parse(&["--dev-allow-remote=true"]).unwrap());
+        assert!(!parse(&["--dev-allow-remote=false"]).unwrap());
+        let f = write_config("dev_allow_remote = true\nhttp_idle_timeout = 5\n");
+        let c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        assert!(c.dev_allow_remote);
+        assert_eq!(c.http_idle_timeout, 5);
     }
 
     #[test]

@@ -282,10 +282,44 @@ struct DevTokenResponse {
     user_id: String,
 }
 
+/// Whether a dev-mode token may go to a client at `peer` (the TCP peer, never a header): only
+/// loopback clients, unless the server was started with `--dev-allow-remote`. An unknown peer
+/// is refused, and so is a `proxied` request (one with a forwarding header): behind a reverse
+/// proxy on the same host every client's peer is loopback. A header can only refuse, never
+/// allow.
+pub fn dev_token_allowed(
+    peer: Option<std::net::IpAddr>,
+    proxied: bool,
+    allow_remote: bool,
+) -> bool {
+    let loopback = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    allow_remote || (!proxied && peer.is_some_and(loopback))
+}
+
+/// Headers a reverse proxy adds to say whom it forwards for.
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 async fn dev_token(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Json<DevTokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<DevTokenResponse>, ApiError> {
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    let proxied = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
+    if !dev_token_allowed(peer, proxied, state.config.dev_allow_remote) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "dev_token_loopback_only",
+            "dev mode hands out tokens only to clients on the server's own host; start it with \
+             --dev-allow-remote to serve others, or set --jwt-secret and mint tokens yourself",
+        ));
+    }
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 64 {
@@ -350,6 +384,25 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn dev_tokens_go_to_loopback_clients_unless_remote_is_allowed() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        for local in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(dev_token_allowed(ip(local), false, false), "{local}");
+            assert!(
+                !dev_token_allowed(ip(local), true, false),
+                "{local} through a proxy"
+            );
+            assert!(dev_token_allowed(ip(local), true, true));
+        }
+        for remote in ["198.18.0.1", "10.0.0.1", "0.0.0.0", "::ffff:198.18.0.1", "2001:db8::1"] {
+            assert!(!dev_token_allowed(ip(remote), false, false), "{remote}");
+            assert!(dev_token_allowed(ip(remote), false, true), "{remote}");
+        }
+        assert!(!dev_token_allowed(None, false, false), "an unknown peer is not loopback");
+        assert!(dev_token_allowed(None, false, true));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod serve;
 pub mod signal;
 pub mod store;
 pub mod whip;

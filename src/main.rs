@@ -9,6 +9,7 @@ use switchboard::auth::{Auth, generate_secret};
 use switchboard::config::{Config, LoadError, LogFormat};
 use switchboard::http::{AppState, app};
 use switchboard::metrics::Metrics;
+use switchboard::serve::{self, Connections};
 use switchboard::store::CallStore;
 use switchboard::{bridge, media};
 use tokio::signal::unix::{SignalKind, signal};
@@ -94,6 +95,34 @@ fn check_health(config: &Config) -> Result<(), String> {
 fn run(config: Config) -> Result<(), String> {
     init_logging(config.log_format);
     info!(config = %config.redacted(), "effective configuration");
+    // Connections are capped below the open-file limit, so raise it as far as we may first.
+    let fd_limit = match serve::raise_fd_limit() {
+        Ok(l) => {
+            info!(
+                soft = l.soft,
+                hard = l.hard,
+                was = l.before,
+                "open-file limit (RLIMIT_NOFILE) raised to its hard limit"
+            );
+            l.soft
+        }
+        Err(e) => {
+            let soft = serve::fd_soft_limit();
+            warn!(error = %e, soft, "cannot raise the open-file limit");
+            soft
+        }
+    };
+    let (limits, too_many) = config.connection_limits(fd_limit);
+    if let Some(warning) = too_many {
+        warn!("{warning}");
+    }
+    info!(
+        max_connections = limits.max_total,
+        max_connections_per_ip = limits.max_per_ip,
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        idle_timeout_secs = limits.idle_timeout.as_secs(),
+        "HTTP connection bounds"
+    );
     let host_ip = config.advertised_ip()?;
 
     let (secret, dev_mode) = match &config.jwt_secret {
@@ -101,13 +130,19 @@ fn run(config: Config) -> Result<(), String> {
         Some(_) => return Err("--jwt-secret must be at least 16 characters".into()),
         None => (generate_secret(), true),
     };
-    if dev_mode {
-        println!(
-            "dev mode: no --jwt-secret given; tokens are signed with the generated secret {secret}"
+    // The generated secret is never printed: whoever reads the log could mint any token.
+    if dev_mode && config.dev_allow_remote {
+        warn!(
+            "dev mode: no --jwt-secret, and --dev-allow-remote: POST /api/dev/token hands out \
+             tokens to anyone who reaches this server; never on a public address"
         );
-        println!(
-            "dev mode: POST /api/dev/token hands out tokens; do not expose this server publicly"
+    } else if dev_mode {
+        info!(
+            "dev mode: no --jwt-secret, tokens are signed with a generated secret (not shown); \
+             POST /api/dev/token hands them out to clients on this host only"
         );
+    } else if config.dev_allow_remote {
+        warn!("--dev-allow-remote has no effect with --jwt-secret (there is no dev mode)");
     }
     let auth = Auth::new(secret.as_bytes(), dev_mode);
 
@@ -150,6 +185,7 @@ fn run(config: Config) -> Result<(), String> {
     }
 
     let metrics = Arc::new(Metrics::default());
+    let connections = Connections::new(limits, metrics.clone());
     let state = AppState {
         config: Arc::new(config.clone()),
         auth,
@@ -208,7 +244,7 @@ fn run(config: Config) -> Result<(), String> {
             }
             let _ = stop_tx.send(true);
         });
-        let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let server = serve::serve(listener, app(state), connections, async move {
             let _ = stop.wait_for(|stop| *stop).await;
         });
         let deadline = async move {
@@ -221,7 +257,7 @@ fn run(config: Config) -> Result<(), String> {
         // Requests in flight get up to the grace period; WebSocket sessions close themselves
         // after passing on `server_shutdown`.
         tokio::select! {
-            served = server => served.map_err(|e| format!("http server failed: {e}"))?,
+            () = server => {}
             () = deadline => warn!("shutdown grace elapsed with requests still in flight"),
         }
         let open = metrics.ws_open();

@@ -31,6 +31,8 @@ pub struct Metrics {
     ws_total: AtomicU64,
     /// Media events the call-record consumer could not write.
     events_lost: AtomicU64,
+    /// HTTP connections: open, refused, closed by the server (`serve`).
+    pub connections: crate::serve::ConnStats,
 }
 
 impl Metrics {
@@ -249,6 +251,7 @@ impl Metrics {
             "switchboard_websocket_connections_total {}",
             self.ws_total.load(Ordering::Relaxed)
         );
+        self.connections.render(&mut out);
         out
     }
 }
