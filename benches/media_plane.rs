@@ -46,7 +46,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use switchboard::bridge::{Command, JoinRequest, MediaHandle, channel};
+use switchboard::bridge::{Command, JoinRequest, MediaHandle, SessionKind, channel};
 use switchboard::media::Worker;
 use switchboard::media::demux::{DatagramKind, classify};
 use switchboard::media::net::{BATCH, MemoryDatagrams, thread_cpu_time};
@@ -281,6 +281,7 @@ impl Rig {
                 can_publish: true,
                 can_subscribe: true,
                 max_participants: 20,
+                kind: SessionKind::Signal,
             },
             events,
             reply,

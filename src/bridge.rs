@@ -79,6 +79,20 @@ pub struct JoinRequest {
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub max_participants: usize,
+    /// How the participant takes part: a second join of the same user to the same room
+    /// through the same kind of session replaces the first (`LeaveReason::Replaced`).
+    pub kind: SessionKind,
+}
+
+/// The kind of session a participant joined through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A `/ws` signaling session (the web client, the SDKs).
+    Signal,
+    /// A WHIP publisher.
+    Whip,
+    /// A WHEP viewer.
+    Whep,
 }
 
 /// What a participant finds on joining.
@@ -97,6 +111,10 @@ pub enum LeaveReason {
     Timeout,
     Kicked,
     ServerShutdown,
+    /// The same user joined the room again through the same kind of session.
+    Replaced,
+    /// The media worker failed (a panic) while handling this participant or its room.
+    Error,
 }
 
 impl LeaveReason {
@@ -107,6 +125,8 @@ impl LeaveReason {
             LeaveReason::Timeout => "timeout",
             LeaveReason::Kicked => "kicked",
             LeaveReason::ServerShutdown => "server_shutdown",
+            LeaveReason::Replaced => "replaced",
+            LeaveReason::Error => "error",
         }
     }
 }

@@ -143,6 +143,7 @@ pub struct Config {
     /// closed with `rate_limited` and removed from its room.
     #[arg(long, env = "SWITCHBOARD_WS_ABUSE_LIMIT", default_value = "5,50")]
     pub ws_abuse_limit: Rate,
+
     // --- HTTP connection bounds and dev-mode reach (issue 21, `serve`) ---
     /// Seconds a client may take to send a complete request head, from its connection or
     /// from the first byte of a later request on it (1 to 3600).
@@ -177,6 +178,23 @@ pub struct Config {
           default_value_t = false)]
     pub dev_allow_remote: bool,
     // --- end of the connection-bounds block ---
+
+    // ---- media-plane limits (issue 21) ----
+    /// Most remote ICE candidates one peer connection takes, trickled (`candidate`, WHIP/WHEP
+    /// PATCH) and in its SDP together (1 to 1000). More are refused with `bad_candidate`;
+    /// mDNS (`.local`) candidates are always ignored. The server is ICE-lite: candidates only
+    /// serve diagnostics.
+    #[arg(long, env = "SWITCHBOARD_MAX_REMOTE_CANDIDATES", default_value_t = 32,
+          value_parser = parse_candidate_limit)]
+    pub max_remote_candidates: usize,
+
+    /// Seconds a participant has to start media (1 to 600): each of its connections must hear
+    /// from the client this soon after it is offered, and a participant that may only
+    /// publish must have offered to by then. Otherwise it is removed (reason `timeout`).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_START_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub media_start_timeout: u64,
+    // ---- end of media-plane limits ----
 
     /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
     /// Flags and environment variables win over it.
@@ -213,6 +231,10 @@ fn parse_worker_count(s: &str) -> Result<usize, String> {
 
 fn parse_rate_limit(s: &str) -> Result<usize, String> {
     parse_in_range(s, 10_000)
+}
+
+fn parse_candidate_limit(s: &str) -> Result<usize, String> {
+    parse_in_range(s, 1000)
 }
 
 impl Config {
@@ -320,6 +342,8 @@ impl Config {
             max_connections,
             max_connections_per_ip,
             dev_allow_remote,
+            max_remote_candidates,
+            media_start_timeout,
             config,
         } = self;
         let secret = |s: &Option<String>| if s.is_some() { "<redacted>" } else { "none" };
@@ -338,7 +362,8 @@ impl Config {
              ws_abuse_limit={ws_abuse_limit} http_header_timeout={http_header_timeout} \
              http_idle_timeout={http_idle_timeout} max_connections={} \
              max_connections_per_ip={max_connections_per_ip} dev_allow_remote={dev_allow_remote} \
-             config={}",
+             max_remote_candidates={max_remote_candidates} \
+             media_start_timeout={media_start_timeout} config={}",
             opt(public_ip.map(|ip| ip.to_string())),
             data_dir.display(),
             secret(jwt_secret),
@@ -426,6 +451,8 @@ mod tests {
         assert_eq!(c.udp_port, 7882);
         assert_eq!(c.max_participants, 20);
         assert_eq!(c.media_workers, 1);
+        assert_eq!(c.max_remote_candidates, 32);
+        assert_eq!(c.media_start_timeout, 30);
         assert_eq!(c.advertised_ip().unwrap().to_string(), "127.0.0.1");
     }
 
@@ -456,6 +483,29 @@ mod tests {
     fn room_size_is_capped_at_twenty() {
         assert!(Config::try_parse_from(["switchboard", "--max-participants", "21"]).is_err());
         assert!(Config::try_parse_from(["switchboard", "--max-participants", "0"]).is_err());
+    }
+
+    #[test]
+    fn media_limits_are_checked() {
+        for bad in [
+            ["--max-remote-candidates", "0"],
+            ["--max-remote-candidates", "1001"],
+            ["--media-start-timeout", "0"],
+            ["--media-start-timeout", "601"],
+        ] {
+            let args = std::iter::once("switchboard").chain(bad);
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let c = Config::try_parse_from([
+            "switchboard",
+            "--max-remote-candidates",
+            "4",
+            "--media-start-timeout",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!((c.max_remote_candidates, c.media_start_timeout), (4, 2));
+        assert!(c.redacted().contains("max_remote_candidates=4"));
     }
 
     fn write_config(text: &str) -> tempfile::NamedTempFile {

@@ -386,6 +386,70 @@ mod tests {
         assert!(!constant_time_eq(b"", b"x"));
     }
 
+    /// A media worker whose thread died (a panic that escaped it) makes `/readyz` fail: its
+    /// command queue is disconnected, so the probe ends in `MediaError::Gone` at once.
+    #[tokio::test]
+    async fn readyz_fails_when_a_media_worker_died() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use clap::Parser;
+        use tower::ServiceExt;
+
+        let state = |workers: Vec<MediaHandle>, dir: &std::path::Path| AppState {
+            config: Arc::new(Config::try_parse_from(["switchboard"]).unwrap()),
+            auth: Auth::new(b"a-secret-for-the-readyz-test", false),
+            workers: Arc::new(workers),
+            store: CallStore::open(dir).unwrap(),
+            metrics: Default::default(),
+            calls: crate::api::Calls::new(10),
+            whip: Default::default(),
+        };
+        let readyz = |state: AppState| async move {
+            let request = Request::get("/readyz").body(Body::empty()).unwrap();
+            let response = app(state).oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+
+        // A live worker: ready.
+        let (live, inbox) = crate::bridge::channel().unwrap();
+        let (events, _events_rx) = tokio::sync::mpsc::channel(16);
+        let (_addr, _thread) = crate::media::spawn(
+            0,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            None,
+            crate::media::Limits::default(),
+            inbox,
+            events,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (status, body) = readyz(state(vec![live.clone()], dir.path())).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // A second worker whose thread panicked, taking its end of the queue with it.
+        let (dead, inbox) = crate::bridge::channel().unwrap();
+        let died = std::thread::spawn(move || {
+            let _inbox = inbox;
+            panic!("a media worker dies");
+        })
+        .join();
+        assert!(died.is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let (status, body) = readyz(state(vec![live, dead], dir.path())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("not_ready") && body.contains("media worker 1"),
+            "{body}"
+        );
+        assert!(started.elapsed() < PROBE_TIMEOUT, "no wait for the timeout");
+    }
+
     #[test]
     fn dev_tokens_go_to_loopback_clients_unless_remote_is_allowed() {
         let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());

@@ -176,6 +176,10 @@ fn run(config: Config) -> Result<(), String> {
             bind,
             host_ip,
             config.media_rt_priority,
+            media::Limits {
+                max_remote_candidates: config.max_remote_candidates,
+                media_start_timeout: Duration::from_secs(config.media_start_timeout),
+            },
             inbox,
             events_tx.clone(),
         )

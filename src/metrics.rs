@@ -89,6 +89,10 @@ impl Metrics {
             for (total, n) in sum.drops.iter_mut().zip(s.drops) {
                 *total += n;
             }
+            sum.panics += s.panics;
+            sum.candidates_ignored_mdns += s.candidates_ignored_mdns;
+            sum.candidates_ignored_over_limit += s.candidates_ignored_over_limit;
+            sum.tracks_refused += s.tracks_refused;
         }
 
         let mut out = String::new();
@@ -215,6 +219,39 @@ impl Metrics {
                 sum.dropped(reason)
             );
         }
+
+        // Media-plane limits and panic containment (issue 21).
+        family(
+            &mut out,
+            "panics_total",
+            "counter",
+            "Panics caught in the media workers; each removed the participant or room it \
+             happened for, and the worker went on.",
+        );
+        let _ = writeln!(out, "switchboard_panics_total {}", sum.panics);
+        family(
+            &mut out,
+            "remote_candidates_ignored_total",
+            "counter",
+            "Remote ICE candidates not used, by reason: mdns (.local, never resolved) or \
+             over_limit (past --max-remote-candidates per connection, or unreadable).",
+        );
+        for (reason, n) in [
+            ("mdns", sum.candidates_ignored_mdns),
+            ("over_limit", sum.candidates_ignored_over_limit),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchboard_remote_candidates_ignored_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "tracks_refused_total",
+            "counter",
+            "Tracks not opened because their publisher already publishes 8.",
+        );
+        let _ = writeln!(out, "switchboard_tracks_refused_total {}", sum.tracks_refused);
 
         family(
             &mut out,

@@ -19,7 +19,7 @@ use tracing::info;
 
 use crate::auth::{Claims, random_token};
 use crate::bridge::{
-    Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE,
+    Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE, SessionKind,
 };
 use crate::http::{ApiError, AppState, valid_room};
 use crate::signal::protocol::{CandidateInit, PcKind, ServerMessage};
@@ -253,6 +253,10 @@ async fn open_session(
         can_publish: kind == Kind::Whip,
         can_subscribe: false,
         max_participants,
+        kind: match kind {
+            Kind::Whip => SessionKind::Whip,
+            Kind::Whep => SessionKind::Whep,
+        },
     };
     let joined = match media
         .request(|reply| Command::Join {
@@ -461,7 +465,17 @@ async fn patch(
             .into_response(),
         );
     }
-    for candidate in trickle_candidates(&frag) {
+    // Checked here, before one command per candidate reaches the worker; the worker counts
+    // each connection's candidates over all PATCHes (`--max-remote-candidates`).
+    let candidates = trickle_candidates(&frag);
+    let limit = state.config.max_remote_candidates;
+    if candidates.len() > limit {
+        return media_error(MediaError::BadCandidate(format!(
+            "a connection takes at most {limit} remote candidates; this fragment has {}",
+            candidates.len()
+        )));
+    }
+    for candidate in candidates {
         let pid = participant_id.clone();
         if let Err(e) = media
             .request(|reply| Command::Candidate {

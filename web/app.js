@@ -195,6 +195,7 @@ const ERROR_TEXT = {
   timeout: 'The server did not answer in time. Try again.',
   connection_lost: 'The connection to the server was lost.',
   server_busy: 'The server is busy right now. Try again in a moment.',
+  replaced: 'You joined this call from another tab or device, so it continues there.',
 };
 
 function errorText(err) {

@@ -17,7 +17,7 @@ import { AudioLevels } from './stats.js';
 export const STATES = ['idle', 'connecting', 'joined', 'reconnecting', 'left', 'failed'];
 
 /** Server error codes after which trying again cannot help. */
-const FATAL_CODES = new Set(['unauthorized', 'token_expired', 'forbidden', 'room_full', 'no_token', 'not_found']);
+const FATAL_CODES = new Set(['unauthorized', 'token_expired', 'forbidden', 'room_full', 'no_token', 'not_found', 'replaced']);
 
 const SPEAKER_THRESHOLD = 0.02;
 const SPEAKER_HOLD_MS = 1200;
@@ -350,7 +350,9 @@ export class Call extends EventTarget {
 
   onServerError(msg) {
     console.warn('switchboard: server error', msg.code, msg.message);
-    if ((msg.code === 'unauthorized' || msg.code === 'token_expired') && this.state === 'joined') {
+    // `replaced`: this user joined the room again from another tab or device; this session is
+    // out of the room and must not reconnect (it would replace the other one in turn).
+    if ((msg.code === 'unauthorized' || msg.code === 'token_expired' || msg.code === 'replaced') && this.state === 'joined') {
       this.fail(new SignalError(msg.code, msg.message));
       return;
     }

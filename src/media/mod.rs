@@ -28,4 +28,4 @@ pub mod sender_report;
 pub mod stats;
 mod worker;
 
-pub use worker::{Worker, spawn};
+pub use worker::{Limits, Worker, spawn};

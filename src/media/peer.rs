@@ -1,7 +1,9 @@
 //! Building the server's `rtc` peer connections: codecs, header extensions, interceptors,
 //! ICE-lite with per-connection credentials, one host candidate on the shared socket.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -163,6 +165,176 @@ pub fn media_sections(sdp: &str) -> (usize, usize, usize) {
         })
 }
 
+/// The MediaStreamTrack id each m-section of an SDP names (the track part of its first
+/// `a=msid`, or of its first `a=ssrc:… msid:`): at most one per section, so an offer names at
+/// most as many tracks as it has sections.
+pub fn msid_track_ids(sdp: &str) -> HashSet<&str> {
+    let mut ids = HashSet::new();
+    let mut in_section = false;
+    let mut found = false;
+    for line in sdp.lines().map(str::trim) {
+        if line.starts_with("m=") {
+            in_section = true;
+            found = false;
+            continue;
+        }
+        if !in_section || found {
+            continue;
+        }
+        let msid = line.strip_prefix("a=msid:").or_else(|| {
+            let rest = line.strip_prefix("a=ssrc:")?;
+            rest.split_once(' ')?.1.strip_prefix("msid:")
+        });
+        if let Some(track) = msid.and_then(|m| m.split_whitespace().nth(1)) {
+            ids.insert(track);
+            found = true;
+        }
+    }
+    ids
+}
+
+/// Longest remote candidate line taken (a real one is under 200 bytes).
+const MAX_CANDIDATE_LEN: usize = 512;
+
+/// What becomes of a remote ICE candidate offered to a connection (`RemoteCandidates::admit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateVerdict {
+    /// New to the connection: hand it over.
+    New,
+    /// The connection has it already (a renegotiation's SDP repeats what was trickled).
+    Known,
+    /// An mDNS (`.local`) host candidate: ignored, never resolved.
+    Mdns,
+    /// The connection has as many as it may take.
+    OverLimit,
+    /// Not a candidate line this server reads.
+    Malformed,
+}
+
+/// The remote candidates one connection has taken, by identity (what `rtc` dedupes on:
+/// transport, address, port, type, related address, TCP type), at most `limit` of them. Each
+/// check is O(1): `rtc`'s agent scans its whole list on every add (its duplicate check), and
+/// each candidate it holds costs it a pair and statistics, so it is handed at most `limit`.
+#[derive(Default)]
+pub struct RemoteCandidates {
+    seen: HashSet<u64>,
+    keys: std::hash::RandomState,
+}
+
+impl RemoteCandidates {
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Forgets them all (an ICE restart starts the list again).
+    pub fn clear(&mut self) {
+        self.seen.clear();
+    }
+
+    /// Decides on one candidate (with or without its `candidate:` or `a=candidate:` prefix)
+    /// and, when it is new and within `limit`, counts it as taken.
+    pub fn admit(&mut self, candidate: &str, limit: usize) -> CandidateVerdict {
+        let line = candidate.trim();
+        let line = line
+            .strip_prefix("a=")
+            .unwrap_or(line)
+            .strip_prefix("candidate:")
+            .unwrap_or(line);
+        if line.len() > MAX_CANDIDATE_LEN {
+            return CandidateVerdict::Malformed;
+        }
+        // foundation component transport priority address port typ type [extensions...]
+        let fields: Vec<&str> = line.split_whitespace().take(16).collect();
+        if fields.len() < 8 || !fields[6].eq_ignore_ascii_case("typ") {
+            return CandidateVerdict::Malformed;
+        }
+        let address = fields[4];
+        let address_bytes = address.as_bytes();
+        if address_bytes.len() > 6
+            && address_bytes[address_bytes.len() - 6..].eq_ignore_ascii_case(b".local")
+        {
+            return CandidateVerdict::Mdns;
+        }
+        let extension = |name: &str| {
+            fields[8..]
+                .chunks(2)
+                .find(|kv| kv[0].eq_ignore_ascii_case(name))
+                .and_then(|kv| kv.get(1).copied())
+        };
+        let identity = (
+            fields[2].to_ascii_lowercase(),
+            address.to_ascii_lowercase(),
+            fields[5],
+            fields[7].to_ascii_lowercase(),
+            extension("raddr"),
+            extension("rport"),
+            extension("tcptype"),
+        );
+        let key = self.keys.hash_one(identity);
+        if self.seen.contains(&key) {
+            CandidateVerdict::Known
+        } else if self.seen.len() >= limit {
+            CandidateVerdict::OverLimit
+        } else {
+            self.seen.insert(key);
+            CandidateVerdict::New
+        }
+    }
+
+    /// `sdp` with only the `a=candidate` lines `admit` lets through (the others are counted in
+    /// `ignored`); borrowed when nothing is left out.
+    pub fn filter_sdp<'a>(
+        &mut self,
+        sdp: &'a str,
+        limit: usize,
+        ignored: &mut IgnoredCandidates,
+    ) -> Cow<'a, str> {
+        let mut out: Option<String> = None;
+        let mut offset = 0;
+        for line in sdp.split_inclusive('\n') {
+            let start = offset;
+            offset += line.len();
+            let keep = !line.trim_start().starts_with("a=candidate:")
+                || match self.admit(line, limit) {
+                    CandidateVerdict::New | CandidateVerdict::Known => true,
+                    CandidateVerdict::Mdns => {
+                        ignored.mdns += 1;
+                        false
+                    }
+                    CandidateVerdict::OverLimit | CandidateVerdict::Malformed => {
+                        ignored.over_limit += 1;
+                        false
+                    }
+                };
+            match (&mut out, keep) {
+                (Some(out), true) => out.push_str(line),
+                (Some(_), false) | (None, true) => {}
+                // The first line left out: copy everything before it (all kept).
+                (None, false) => {
+                    let mut copy = String::with_capacity(sdp.len());
+                    copy.push_str(&sdp[..start]);
+                    out = Some(copy);
+                }
+            }
+        }
+        match out {
+            Some(s) => Cow::Owned(s),
+            None => Cow::Borrowed(sdp),
+        }
+    }
+}
+
+/// Remote candidates left out, by reason (for `WorkerStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IgnoredCandidates {
+    pub mdns: u64,
+    pub over_limit: u64,
+}
+
 fn media_engine() -> Result<MediaEngine, Error> {
     let mut engine = MediaEngine::default();
     for (codec, kind) in codecs() {
@@ -230,6 +402,10 @@ pub fn build(
         // (docs/design.md).
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_lite(true)
+        // Never resolve `.local` candidates: mDNS queries would go from the media socket to
+        // 224.0.0.251, onto the LAN. The worker does not even hand them over
+        // (`RemoteCandidates`); an ICE-lite server learns each client's address from its checks.
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_ice_timeouts(
             Some(ICE_DISCONNECTED),
@@ -373,6 +549,87 @@ mod tests {
             (1, 2, 0)
         );
         assert_eq!(media_sections("m=application 9 x\r\n"), (0, 0, 1));
+    }
+
+    const HOST: &str = "candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host generation 0";
+
+    #[test]
+    fn candidates_are_deduplicated_capped_and_mdns_ignored() {
+        let mut c = RemoteCandidates::default();
+        assert_eq!(c.admit(HOST, 2), CandidateVerdict::New);
+        // The same candidate again, from an SDP line with another foundation and priority.
+        assert_eq!(
+            c.admit(
+                "a=candidate:9 1 UDP 1 192.0.2.1 61764 typ host generation 0",
+                2
+            ),
+            CandidateVerdict::Known
+        );
+        assert_eq!(
+            c.admit("candidate:2 1 udp 1 192.0.2.2 5000 typ host", 2),
+            CandidateVerdict::New
+        );
+        assert_eq!(
+            c.admit("candidate:3 1 udp 1 192.0.2.3 5000 typ host", 2),
+            CandidateVerdict::OverLimit
+        );
+        assert_eq!(c.admit(HOST, 2), CandidateVerdict::Known, "known stays known");
+        assert_eq!(c.len(), 2);
+        let mdns = "candidate:4 1 udp 1 1f7bd2a4-25cb-4b9e-a1a2-4d6d22b1e0d6.local 5000 typ host";
+        assert_eq!(c.admit(mdns, 10), CandidateVerdict::Mdns);
+        assert_eq!(c.admit("candidate:garbage", 10), CandidateVerdict::Malformed);
+        // Not ASCII where the `.local` check looks: no panic on a char boundary.
+        assert_eq!(
+            c.admit("candidate:1 1 udp 1 aé€local 5 typ host", 10),
+            CandidateVerdict::New
+        );
+        let long = format!("candidate:1 1 udp 1 192.0.2.9 1 typ host {}", "x ".repeat(300));
+        assert_eq!(c.admit(&long, 10), CandidateVerdict::Malformed);
+        // The same address as relay is another candidate.
+        assert_eq!(
+            c.admit(
+                "candidate:5 1 udp 1 192.0.2.1 61764 typ relay raddr 0.0.0.0 rport 0",
+                10
+            ),
+            CandidateVerdict::New
+        );
+        c.clear();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn sdp_keeps_only_admitted_candidates() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+                   a=candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host\r\n\
+                   a=candidate:2 1 udp 2122260223 abc.local 61764 typ host\r\n\
+                   a=candidate:3 1 udp 2122260223 192.0.2.3 61764 typ host\r\n\
+                   a=candidate:4 1 udp 2122260223 192.0.2.4 61764 typ host\r\n\
+                   a=end-of-candidates\r\n";
+        let mut c = RemoteCandidates::default();
+        let mut ignored = IgnoredCandidates::default();
+        let out = c.filter_sdp(sdp, 2, &mut ignored);
+        assert_eq!(
+            out,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+             a=candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host\r\n\
+             a=candidate:3 1 udp 2122260223 192.0.2.3 61764 typ host\r\n\
+             a=end-of-candidates\r\n"
+        );
+        assert_eq!(ignored, IgnoredCandidates { mdns: 1, over_limit: 1 });
+        // Nothing left out: the SDP is not copied.
+        let plain = "v=0\r\nm=audio 9 x\r\n";
+        assert!(matches!(
+            c.filter_sdp(plain, 2, &mut ignored),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn one_track_id_per_section() {
+        let sdp = "v=0\r\na=msid-semantic: WMS s\r\nm=audio 9 x\r\na=msid:s a1\r\na=msid:s a2\r\n\
+                   m=video 9 x\r\na=ssrc:5 msid:s v1\r\nm=video 9 x\r\n";
+        let ids = msid_track_ids(sdp);
+        assert_eq!(ids, HashSet::from(["a1", "v1"]));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use super::history::RtpHistory;
 use super::keyframe::{KeyframeThrottle, VideoCodec};
 use super::munger::Munger;
-use super::peer::FORWARDED_EXTENSIONS;
+use super::peer::{FORWARDED_EXTENSIONS, RemoteCandidates};
 use super::sender_report::SentStream;
+use crate::bridge::SessionKind;
 use crate::signal::protocol::{
     MediaKind, MediaState, ParticipantInfo, PcKind, ServerMessage, TrackInfo, TrackSource,
 };
@@ -77,6 +78,8 @@ pub struct Peer {
     pub early_stun: Vec<(SocketAddr, bytes::BytesMut)>,
     /// Whether any DTLS came from the client yet.
     pub dtls_heard: bool,
+    /// The remote ICE candidates it took (bounded by `Limits::max_remote_candidates`).
+    pub candidates: RemoteCandidates,
     /// Our ClientHello, sent again until the client answers it (see `HelloResend`).
     pub hello_resend: Option<HelloResend>,
 }
@@ -135,13 +138,17 @@ pub struct Participant {
     pub room: String,
     pub user_id: String,
     pub name: String,
+    /// The kind of session it joined through (a later join of the same user through the same
+    /// kind replaces it).
+    pub kind: SessionKind,
     pub media: MediaState,
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub events: mpsc::Sender<ServerMessage>,
     pub publish: Option<PeerId>,
     pub subscribe: Option<PeerId>,
-    /// What the publisher says each of its MediaStreamTracks shows (by msid track id).
+    /// What the publisher says each of its MediaStreamTracks shows (by msid track id); only
+    /// tracks its latest publish offer names (`peer::msid_track_ids`), so at most one a section.
     pub sources: HashMap<String, TrackSource>,
     /// Tracks this participant publishes, by the publish connection's track id.
     pub published: HashMap<String, TrackId>,

@@ -19,10 +19,13 @@ pub enum Drop {
     WriteFailed,
     /// The socket's send buffer was full.
     SendBufferFull,
+    /// Addressed to a multicast, broadcast or unspecified address, or port 0: the media socket
+    /// sends only to the clients that reached it (never mDNS onto the LAN).
+    ForbiddenDestination,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 8] = [
+    pub const ALL: [Drop; 9] = [
         Drop::UnknownSource,
         Drop::NotWebRtc,
         Drop::PeerRejected,
@@ -31,6 +34,7 @@ impl Drop {
         Drop::WaitingForKeyframe,
         Drop::WriteFailed,
         Drop::SendBufferFull,
+        Drop::ForbiddenDestination,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Drop {
             Drop::WaitingForKeyframe => "waiting_for_keyframe",
             Drop::WriteFailed => "write_failed",
             Drop::SendBufferFull => "send_buffer_full",
+            Drop::ForbiddenDestination => "forbidden_destination",
         }
     }
 }
@@ -110,6 +115,15 @@ pub struct WorkerStats {
     /// Per forwarded RTP packet: from the kernel's receipt to the send of its copies.
     pub forwarding_delay: LatencyHistogram,
     pub drops: [u64; Drop::ALL.len()],
+    /// Panics caught while handling a peer, a command or a timer; each removed the participant
+    /// (or room) it happened for.
+    pub panics: u64,
+    /// Remote ICE candidates not handed to a connection: mDNS (`.local`) ones, and those over
+    /// the per-connection limit (`--max-remote-candidates`) or unreadable.
+    pub candidates_ignored_mdns: u64,
+    pub candidates_ignored_over_limit: u64,
+    /// Tracks not opened because their publisher has as many as it may publish.
+    pub tracks_refused: u64,
 }
 
 impl WorkerStats {

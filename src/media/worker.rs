@@ -1,8 +1,11 @@
 //! The media worker: routing, forwarding, negotiation and the life cycle of participants.
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -24,14 +27,16 @@ use rtc::statistics::StatsSelector;
 use rtc::statistics::report::RTCStatsReportEntry;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::demux::{DatagramKind, classify, is_dtls_client_hello, stun_binding_local_ufrag};
 use super::history::RtpHistory;
 use super::keyframe::{VideoCodec, is_keyframe};
 use super::munger::{Munger, Rewrite};
 use super::net::{BATCH, BatchSocket, Datagrams, RealTime, set_thread_scheduler, wait};
-use super::peer::{self, FORWARDED_EXTENSIONS, same_codec};
+use super::peer::{
+    self, CandidateVerdict, FORWARDED_EXTENSIONS, IgnoredCandidates, RemoteCandidates, same_codec,
+};
 use super::room::{
     DownTrack, HelloResend, IdMap, Participant, ParticipantId, Peer, PeerId, Room, Touched, Track,
     TrackId,
@@ -78,6 +83,26 @@ const TIMER_SLACK: Duration = Duration::from_millis(5);
 /// Longest the loop sleeps when no timer is due.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
+/// What clients may make a worker hold or wait for (`--max-remote-candidates`,
+/// `--media-start-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most remote ICE candidates one connection takes, trickled and in SDP together.
+    pub max_remote_candidates: usize,
+    /// How soon a connection must hear from its client after it is offered, and a participant
+    /// that may only publish must have offered to.
+    pub media_start_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_remote_candidates: 32,
+            media_start_timeout: peer::CONNECT_TIMEOUT,
+        }
+    }
+}
+
 /// Starts a worker thread on `bind`, advertising `host` in its candidates, at real-time
 /// priority `rt_priority` (SCHED_FIFO) when given and permitted.
 pub fn spawn(
@@ -85,13 +110,14 @@ pub fn spawn(
     bind: SocketAddr,
     host_ip: std::net::IpAddr,
     rt_priority: Option<u8>,
+    limits: Limits,
     inbox: CommandInbox,
     events: mpsc::Sender<MediaEvent>,
 ) -> io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let socket = BatchSocket::bind(bind)?;
     let local = socket.local_addr()?;
     let host = SocketAddr::new(host_ip, local.port());
-    let mut worker = Worker::new(socket, host, inbox, events);
+    let mut worker = Worker::new(socket, host, inbox, events).with_limits(limits);
     let handle = std::thread::Builder::new()
         .name(format!("media-{index}"))
         .spawn(move || {
@@ -158,6 +184,14 @@ pub struct Worker<D: Datagrams = BatchSocket> {
     stopped: bool,
     /// No more joins: the server is going away.
     shutting_down: bool,
+    limits: Limits,
+    /// The participant the code running now is about: a panic there removes it
+    /// (`Worker::guarded`).
+    culprit: Option<ParticipantId>,
+    /// Makes reading a datagram into a connection of this room panic (the tests of panic
+    /// containment).
+    #[cfg(test)]
+    panic_in_room: Option<String>,
 }
 
 impl Worker<BatchSocket> {
@@ -212,7 +246,16 @@ impl<D: Datagrams> Worker<D> {
             turn_ended: None,
             stopped: false,
             shutting_down: false,
+            limits: Limits::default(),
+            culprit: None,
+            #[cfg(test)]
+            panic_in_room: None,
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Where datagrams come from and go to (the benches reach the in-memory ones here).
@@ -225,7 +268,7 @@ impl<D: Datagrams> Worker<D> {
         self.inbox.waker.drain();
         loop {
             match self.inbox.rx.try_recv() {
-                Ok(command) => self.handle_command(now, command),
+                Ok(command) => self.guarded("a command", |w| w.handle_command(now, command)),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     self.stopped = true; // every MediaHandle is gone
@@ -249,7 +292,7 @@ impl<D: Datagrams> Worker<D> {
                     datagrams += n;
                     for (from, bytes, at) in batch.drain(..) {
                         self.received = at;
-                        self.handle_datagram(now, from, bytes);
+                        self.guarded("a datagram", |w| w.handle_datagram(now, from, bytes));
                         if self.unsent >= SEND_AT {
                             self.send_written();
                         }
@@ -311,6 +354,17 @@ impl<D: Datagrams> Worker<D> {
     // ---- commands -----------------------------------------------------------------------
 
     fn handle_command(&mut self, now: Instant, command: Command) {
+        let about = match &command {
+            Command::PublishOffer { participant_id, .. }
+            | Command::SubscribeAnswer { participant_id, .. }
+            | Command::Candidate { participant_id, .. }
+            | Command::MediaState { participant_id, .. }
+            | Command::Leave { participant_id, .. }
+            | Command::Watch { participant_id, .. }
+            | Command::RestartIce { participant_id, .. } => Some(participant_id.as_str()),
+            Command::Join { .. } | Command::Stats { .. } | Command::Shutdown { .. } => None,
+        };
+        self.culprit = about.and_then(|id| id.parse().ok());
         match command {
             Command::Join {
                 request,
@@ -407,6 +461,10 @@ impl<D: Datagrams> Worker<D> {
             .ok_or(MediaError::NotJoined)
     }
 
+    /// Admits a participant. An earlier participant of the same user in the room, joined
+    /// through the same kind of session, is replaced: it is told (`error` `replaced`, then its
+    /// own `participant_left`) and removed with reason `replaced` once the new one is in, so
+    /// the room (and its call) never empties in between and the user keeps one seat.
     fn join(
         &mut self,
         now: Instant,
@@ -414,7 +472,17 @@ impl<D: Datagrams> Worker<D> {
         events: tokio::sync::mpsc::Sender<ServerMessage>,
     ) -> Result<Joined, MediaError> {
         let room = self.rooms.entry(request.room.clone()).or_default();
-        if room.participants.len() >= request.max_participants {
+        let replaced: Vec<ParticipantId> = room
+            .participants
+            .iter()
+            .filter(|p| {
+                self.participants
+                    .get(p)
+                    .is_some_and(|p| p.user_id == request.user_id && p.kind == request.kind)
+            })
+            .copied()
+            .collect();
+        if room.participants.len() - replaced.len() >= request.max_participants {
             if room.participants.is_empty() {
                 self.rooms.remove(&request.room);
             }
@@ -426,13 +494,20 @@ impl<D: Datagrams> Worker<D> {
                 break candidate;
             }
         };
-        let others: Vec<ParticipantId> = room.participants.clone();
+        let others: Vec<ParticipantId> = room
+            .participants
+            .iter()
+            .filter(|p| !replaced.contains(p))
+            .copied()
+            .collect();
         room.participants.push(id);
+        self.culprit = Some(id);
         let participant = Participant {
             id,
             room: request.room.clone(),
             user_id: request.user_id,
             name: request.name,
+            kind: request.kind,
             media: MediaState::default(),
             can_publish: request.can_publish,
             can_subscribe: request.can_subscribe,
@@ -481,6 +556,19 @@ impl<D: Datagrams> Worker<D> {
                 },
             );
         }
+        for old in replaced {
+            info!(room = %request.room, participant = %old, by = %id, "participant replaced");
+            self.notify(
+                old,
+                ServerMessage::Error {
+                    code: "replaced".into(),
+                    message: "you joined this room again from another session; this one has \
+                              left it"
+                        .into(),
+                },
+            );
+            self.remove_participant(now, old, LeaveReason::Replaced);
+        }
         self.sync_subscriptions(now, id);
         Ok(joined)
     }
@@ -493,9 +581,13 @@ impl<D: Datagrams> Worker<D> {
         sources: HashMap<String, TrackSource>,
     ) -> Result<String, MediaError> {
         let pid = self.lookup(participant_id)?;
-        if !self.participants[&pid].can_publish {
+        let Some(participant) = self.participants.get(&pid) else {
+            return Err(MediaError::NotJoined);
+        };
+        if !participant.can_publish {
             return Err(MediaError::Forbidden("publish"));
         }
+        let existing = participant.publish;
         let (audio, video, other) = peer::media_sections(&sdp);
         let sections = audio + video + other;
         if sections == 0 {
@@ -506,10 +598,12 @@ impl<D: Datagrams> Worker<D> {
                 "the offer has {sections} media sections; at most {MAX_PUBLISH_SECTIONS} are allowed"
             )));
         }
-        let offer = RTCSessionDescription::offer(sdp)
-            .map_err(|e| MediaError::BadSdp(format!("cannot parse the offer: {e}")))?;
+        // What `sources` may name: the tracks of this offer (at most one per section).
+        let named: Vec<String> = peer::msid_track_ids(&sdp)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
 
-        let existing = self.participants[&pid].publish;
         let peer_id = match existing {
             Some(peer_id) => peer_id,
             None => self.new_peer(now, pid, PcKind::Publish).map_err(|e| {
@@ -517,29 +611,41 @@ impl<D: Datagrams> Worker<D> {
                 MediaError::BadSdp("cannot create a peer connection".into())
             })?,
         };
-        let result = {
-            let peer = self
-                .peers
-                .get_mut(&peer_id)
-                .expect("peer ids in participants are live");
-            apply_offer(&mut peer.pc, now, offer)
+        let result = match self.peers.get_mut(&peer_id) {
+            Some(peer) => {
+                let sdp = without_ignored_candidates(
+                    peer,
+                    sdp,
+                    self.limits.max_remote_candidates,
+                    &mut self.stats,
+                );
+                RTCSessionDescription::offer(sdp)
+                    .map_err(|e| format!("cannot parse the offer: {e}"))
+                    .and_then(|offer| apply_offer(&mut peer.pc, now, offer))
+            }
+            None => Err("the connection is gone".to_owned()),
         };
-        match result {
-            Ok(answer) => {
-                let participant = self.participants.get_mut(&pid).expect("looked up above");
+        let answer = match (result, self.participants.get_mut(&pid)) {
+            (Ok(answer), Some(participant)) => {
                 participant.publish = Some(peer_id);
                 participant.sources.extend(sources);
-                self.touch(peer_id);
-                self.drop_unpublished_tracks(now, pid);
-                Ok(answer)
+                participant
+                    .sources
+                    .retain(|track, _| named.iter().any(|n| n == track));
+                answer
             }
-            Err(message) => {
+            (result, _) => {
                 if existing.is_none() {
                     self.destroy_peer(peer_id);
                 }
-                Err(MediaError::BadSdp(message))
+                return Err(MediaError::BadSdp(
+                    result.err().unwrap_or_else(|| "not in a room".to_owned()),
+                ));
             }
-        }
+        };
+        self.touch(peer_id);
+        self.drop_unpublished_tracks(now, pid);
+        Ok(answer)
     }
 
     fn subscribe_answer(
@@ -549,27 +655,35 @@ impl<D: Datagrams> Worker<D> {
         sdp: String,
     ) -> Result<(), MediaError> {
         let pid = self.lookup(participant_id)?;
-        let participant = self.participants.get_mut(&pid).expect("looked up above");
+        let Some(participant) = self.participants.get_mut(&pid) else {
+            return Err(MediaError::NotJoined);
+        };
         let (Some(peer_id), true) = (participant.subscribe, participant.offer_pending) else {
             return Err(MediaError::NoOfferPending);
         };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return Err(MediaError::NoOfferPending);
+        };
+        let sdp = without_ignored_candidates(
+            peer,
+            sdp,
+            self.limits.max_remote_candidates,
+            &mut self.stats,
+        );
         let answer = RTCSessionDescription::answer(sdp)
             .map_err(|e| MediaError::BadSdp(format!("cannot parse the answer: {e}")))?;
-        let peer = self
-            .peers
-            .get_mut(&peer_id)
-            .expect("peer ids in participants are live");
         peer.pc
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadSdp(format!("cannot apply the answer: {e}")))?;
         participant.offer_pending = false;
+        let resync = std::mem::take(&mut participant.resync);
         for (from, bytes) in std::mem::take(&mut peer.early_stun) {
             self.read_into_peer(now, peer_id, from, bytes);
         }
         self.bind_negotiated_legs(pid, peer_id);
         self.touch(peer_id);
         self.request_keyframes_for_new_legs(now, pid);
-        if std::mem::take(&mut self.participants.get_mut(&pid).expect("live").resync) {
+        if resync {
             self.sync_subscriptions(now, pid);
         }
         Ok(())
@@ -637,9 +751,9 @@ impl<D: Datagrams> Worker<D> {
                 "a viewer's offer must have at most one audio and one video section".into(),
             ));
         }
-        let offer = RTCSessionDescription::offer(sdp)
-            .map_err(|e| MediaError::BadSdp(format!("cannot parse the offer: {e}")))?;
-        let room = self.participants[&pid].room.clone();
+        let Some(room) = self.participants.get(&pid).map(|p| p.room.clone()) else {
+            return Err(MediaError::NotJoined);
+        };
         let source = self.pick_source(&room, pid, pin.as_deref())?;
         let tracks: Vec<TrackId> = [MediaKind::Audio, MediaKind::Video]
             .into_iter()
@@ -658,12 +772,11 @@ impl<D: Datagrams> Worker<D> {
             warn!(participant = %pid, error = %e, "cannot create a peer connection");
             MediaError::BadSdp("cannot create a peer connection".into())
         })?;
-        {
-            let participant = self.participants.get_mut(&pid).expect("looked up above");
+        if let Some(participant) = self.participants.get_mut(&pid) {
             participant.fixed_subscriptions = true;
             participant.subscribe = Some(peer_id);
         }
-        let result = self.answer_viewer(now, pid, peer_id, offer, &tracks);
+        let result = self.answer_viewer(now, pid, peer_id, sdp, &tracks);
         if result.is_err() {
             self.doomed.push((pid, LeaveReason::Left));
         }
@@ -675,11 +788,20 @@ impl<D: Datagrams> Worker<D> {
         now: Instant,
         pid: ParticipantId,
         peer_id: PeerId,
-        offer: RTCSessionDescription,
+        sdp: String,
         tracks: &[TrackId],
     ) -> Result<String, MediaError> {
+        let gone = || MediaError::BadSdp("the connection is gone".into());
         {
-            let peer = self.peers.get_mut(&peer_id).expect("just created");
+            let peer = self.peers.get_mut(&peer_id).ok_or_else(gone)?;
+            let sdp = without_ignored_candidates(
+                peer,
+                sdp,
+                self.limits.max_remote_candidates,
+                &mut self.stats,
+            );
+            let offer = RTCSessionDescription::offer(sdp)
+                .map_err(|e| MediaError::BadSdp(format!("cannot parse the offer: {e}")))?;
             peer.pc
                 .set_remote_description(now, offer)
                 .map_err(|e| MediaError::BadSdp(format!("cannot apply the offer: {e}")))?;
@@ -687,7 +809,7 @@ impl<D: Datagrams> Worker<D> {
         for id in tracks {
             self.add_downtrack(pid, peer_id, *id);
         }
-        let peer = self.peers.get_mut(&peer_id).expect("just created");
+        let peer = self.peers.get_mut(&peer_id).ok_or_else(gone)?;
         peer.pc
             .create_answer(None)
             .and_then(|a| peer.pc.set_local_description(now, a))
@@ -728,16 +850,17 @@ impl<D: Datagrams> Worker<D> {
             ));
         }
         let pid = self.lookup(participant_id)?;
-        let participant = &self.participants[&pid];
+        let Some(participant) = self.participants.get(&pid) else {
+            return Err(MediaError::NotJoined);
+        };
         let peer_id = match pc {
             PcKind::Publish => participant.publish,
             PcKind::Subscribe => participant.subscribe,
         }
         .ok_or(MediaError::NotJoined)?;
-        let peer = self
-            .peers
-            .get_mut(&peer_id)
-            .expect("peer ids in participants are live");
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return Err(MediaError::NotJoined);
+        };
         let previous = peer
             .pc
             .remote_description()
@@ -759,6 +882,9 @@ impl<D: Datagrams> Worker<D> {
         let offer = RTCSessionDescription::offer(offer)
             .map_err(|e| MediaError::BadSdp(format!("cannot restart ICE: {e}")))?;
         let answer = apply_offer(&mut peer.pc, now, offer).map_err(MediaError::BadSdp)?;
+        // The restart dropped the connection's remote candidates: the client trickles anew.
+        // (Those in the previous offer, applied again here, were admitted already.)
+        peer.candidates.clear();
         self.touch(peer_id);
         let mut frag = String::new();
         for line in answer.lines() {
@@ -802,6 +928,9 @@ impl<D: Datagrams> Worker<D> {
             .ok_or(MediaError::NothingToWatch)
     }
 
+    /// A trickled remote candidate. The server is ICE-lite: a candidate only helps
+    /// diagnostics, so a connection takes at most `max_remote_candidates` (each new one costs
+    /// `rtc` a scan of those it has), ignores mDNS ones, and refuses the rest in O(1).
     fn add_candidate(
         &mut self,
         participant_id: &str,
@@ -812,25 +941,46 @@ impl<D: Datagrams> Worker<D> {
         if candidate.candidate.trim().is_empty() {
             return Ok(()); // end-of-candidates
         }
-        let participant = &self.participants[&pid];
+        let Some(participant) = self.participants.get(&pid) else {
+            return Err(MediaError::NotJoined);
+        };
         let peer_id = match pc {
             PcKind::Publish => participant.publish,
             PcKind::Subscribe => participant.subscribe,
         };
-        // The server is ICE-lite: a candidate only helps diagnostics. A candidate for a
-        // connection that does not exist yet is accepted and ignored, as browsers trickle early.
+        // A candidate for a connection that does not exist yet is accepted and ignored, as
+        // browsers trickle early.
         let Some(peer) = peer_id.and_then(|id| self.peers.get_mut(&id)) else {
             return Ok(());
         };
-        peer.pc
-            .add_remote_candidate(RTCIceCandidateInit {
-                candidate: candidate.candidate,
-                sdp_mid: candidate.sdp_mid,
-                sdp_mline_index: candidate.sdp_mline_index,
-                username_fragment: candidate.username_fragment,
-                ..Default::default()
-            })
-            .map_err(|e| MediaError::BadCandidate(format!("cannot use the candidate: {e}")))
+        let limit = self.limits.max_remote_candidates;
+        match peer.candidates.admit(&candidate.candidate, limit) {
+            CandidateVerdict::Known => Ok(()),
+            CandidateVerdict::Mdns => {
+                self.stats.candidates_ignored_mdns += 1;
+                Ok(())
+            }
+            CandidateVerdict::OverLimit => {
+                self.stats.candidates_ignored_over_limit += 1;
+                Err(MediaError::BadCandidate(format!(
+                    "a connection takes at most {limit} remote candidates; this one is ignored"
+                )))
+            }
+            CandidateVerdict::Malformed => {
+                self.stats.candidates_ignored_over_limit += 1;
+                Err(MediaError::BadCandidate("cannot read the candidate".into()))
+            }
+            CandidateVerdict::New => peer
+                .pc
+                .add_remote_candidate(RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    username_fragment: candidate.username_fragment,
+                    ..Default::default()
+                })
+                .map_err(|e| MediaError::BadCandidate(format!("cannot use the candidate: {e}"))),
+        }
     }
 
     fn media_state(&mut self, participant_id: &str, state: MediaState) {
@@ -897,6 +1047,7 @@ impl<D: Datagrams> Worker<D> {
                     .then(|| now + sender_report::INTERVAL),
                 early_stun: Vec::new(),
                 dtls_heard: false,
+                candidates: RemoteCandidates::default(),
                 hello_resend: None,
             },
         );
@@ -957,10 +1108,11 @@ impl<D: Datagrams> Worker<D> {
             self.stats.drop(Drop::UnknownSource);
             return;
         };
-        let peer = self
-            .peers
-            .get_mut(&peer_id)
-            .expect("routing tables hold live peers");
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            self.stats.drop(Drop::UnknownSource); // routing tables hold live peers only
+            return;
+        };
+        self.culprit = Some(peer.owner);
         peer.last_heard = now;
         peer.heard = true;
         if let Some(owner) = self.participants.get_mut(&peer.owner) {
@@ -984,10 +1136,18 @@ impl<D: Datagrams> Worker<D> {
 
     /// Hands a routed datagram to its connection and drains what that produced.
     fn read_into_peer(&mut self, now: Instant, peer_id: PeerId, from: SocketAddr, bytes: BytesMut) {
-        let peer = self
-            .peers
-            .get_mut(&peer_id)
-            .expect("routing tables hold live peers");
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        #[cfg(test)]
+        if let Some(room) = &self.panic_in_room
+            && self
+                .participants
+                .get(&peer.owner)
+                .is_some_and(|p| p.room == *room)
+        {
+            panic!("a datagram for room {room}");
+        }
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -1022,18 +1182,22 @@ impl<D: Datagrams> Worker<D> {
 
     fn handle_timers(&mut self, now: Instant) {
         for id in self.peers_due(now, |p| p.next_timeout) {
-            if let Some(peer) = self.peers.get_mut(&id) {
-                let _ = peer.pc.handle_timeout(now);
-                peer.next_timeout = None;
-                self.touch(id);
-                self.drain_peer(now, id);
-            }
+            self.with_peer(id, "a connection's timer", |w| {
+                if let Some(peer) = w.peers.get_mut(&id) {
+                    let _ = peer.pc.handle_timeout(now);
+                    peer.next_timeout = None;
+                    w.touch(id);
+                    w.drain_peer(now, id);
+                }
+            });
         }
         for id in self.peers_due(now, |p| p.next_sender_report) {
-            self.send_sender_reports(now, id);
+            self.with_peer(id, "sender reports", |w| w.send_sender_reports(now, id));
         }
         for id in self.peers_due(now, |p| p.hello_resend.as_ref().map(|h| h.at)) {
-            let peer = self.peers.get_mut(&id).expect("due peers are live");
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
             let Some(resend) = peer.hello_resend.as_mut() else {
                 continue;
             };
@@ -1044,25 +1208,26 @@ impl<D: Datagrams> Worker<D> {
                 peer.hello_resend = None;
             }
         }
-        let keyframes_due: Vec<TrackId> = self
+        let keyframes_due: Vec<(TrackId, ParticipantId)> = self
             .tracks
             .values()
             .filter(|t| t.keyframes.deadline().is_some_and(|d| d <= now))
-            .map(|t| t.id)
+            .map(|t| (t.id, t.owner))
             .collect();
-        for id in keyframes_due {
-            if self
-                .tracks
-                .get_mut(&id)
-                .is_some_and(|t| t.keyframes.poll(now))
-            {
-                self.send_keyframe_request(now, id);
-            }
+        for (id, owner) in keyframes_due {
+            self.guarded("a keyframe request", |w| {
+                w.culprit = Some(owner);
+                if w.tracks.get_mut(&id).is_some_and(|t| t.keyframes.poll(now)) {
+                    w.send_keyframe_request(now, id);
+                }
+            });
         }
         if now >= self.next_speaker_check {
             self.next_speaker_check = now + SPEAKER_INTERVAL;
-            self.update_speakers();
-            self.drop_silent_peers(now);
+            self.guarded("the speaker check", |w| {
+                w.update_speakers();
+                w.drop_silent_peers(now);
+            });
         }
     }
 
@@ -1268,16 +1433,34 @@ impl<D: Datagrams> Worker<D> {
 
     /// ICE consent freshness for an ICE-lite server: a connection the client stopped talking on
     /// (or never started) takes its participant with it.
+    ///
+    /// A participant must start media within `media_start_timeout`: each connection must hear
+    /// from its client that soon after it was made (the client's publish offer, or the server's
+    /// first subscribe offer), and a participant that may not subscribe, whose only part is to
+    /// publish, must have offered to. A participant without connections that may subscribe is
+    /// waiting for something to receive (alone in the room, or only with people who publish
+    /// nothing), as the web client does without camera and microphone: it stays.
     fn drop_silent_peers(&mut self, now: Instant) {
+        let start = self.limits.media_start_timeout;
         for peer in self.peers.values() {
             let limit = if peer.heard {
                 peer::SILENCE_TIMEOUT
             } else {
-                peer::CONNECT_TIMEOUT
+                start
             };
             if now.saturating_duration_since(peer.last_heard) > limit {
                 debug!(participant = %peer.owner, pc = ?peer.kind, "connection silent; removing");
                 self.doomed.push((peer.owner, LeaveReason::Timeout));
+            }
+        }
+        for p in self.participants.values() {
+            if !p.can_subscribe
+                && p.publish.is_none()
+                && p.subscribe.is_none()
+                && now.saturating_duration_since(p.joined_at) > start
+            {
+                debug!(participant = %p.id, "never offered to publish; removing");
+                self.doomed.push((p.id, LeaveReason::Timeout));
             }
         }
     }
@@ -1285,13 +1468,21 @@ impl<D: Datagrams> Worker<D> {
     // ---- tracks -------------------------------------------------------------------------
 
     fn open_track(&mut self, now: Instant, peer_id: PeerId, init: RTCTrackEventInit) {
-        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
         let owner = peer.owner;
         let Some(participant) = self.participants.get_mut(&owner) else {
             return;
         };
         if participant.published.contains_key(&init.track_id) {
             return; // another simulcast layer of a track we already forward
+        }
+        if participant.published.len() >= MAX_PUBLISH_SECTIONS {
+            // A publisher renaming its tracks on every renegotiation.
+            warn!(participant = %owner, "too many tracks; not opening another");
+            self.stats.tracks_refused += 1;
+            return;
         }
         let Some(mut receiver) = peer.pc.rtp_receiver(init.receiver_id) else {
             return;
@@ -1324,6 +1515,7 @@ impl<D: Datagrams> Worker<D> {
             });
         let id = TrackId(rand::random());
         participant.published.insert(init.track_id.clone(), id);
+        let room = participant.room.clone();
         let track = Track {
             id,
             owner,
@@ -1345,7 +1537,6 @@ impl<D: Datagrams> Worker<D> {
             track: track.info(),
         };
         self.tracks.insert(id, track);
-        let room = self.participants[&owner].room.clone();
         self.broadcast(&room, Some(owner), announce);
         for other in self.room_members(&room) {
             if other != owner {
@@ -1446,7 +1637,9 @@ impl<D: Datagrams> Worker<D> {
             .filter(|t| t.owner != pid && members.contains(&t.owner))
             .map(|t| t.id)
             .collect();
-        let participant = self.participants.get_mut(&pid).expect("checked above");
+        let Some(participant) = self.participants.get_mut(&pid) else {
+            return;
+        };
         let to_remove: Vec<TrackId> = participant
             .downtracks
             .keys()
@@ -1464,13 +1657,7 @@ impl<D: Datagrams> Worker<D> {
         let peer_id = match participant.subscribe {
             Some(id) => id,
             None => match self.new_peer(now, pid, PcKind::Subscribe) {
-                Ok(id) => {
-                    self.participants
-                        .get_mut(&pid)
-                        .expect("checked above")
-                        .subscribe = Some(id);
-                    id
-                }
+                Ok(id) => id,
                 Err(err) => {
                     warn!(participant = %pid, %err, "cannot create the subscribe connection");
                     self.doomed.push((pid, LeaveReason::Kicked));
@@ -1478,8 +1665,13 @@ impl<D: Datagrams> Worker<D> {
                 }
             },
         };
-        let participant = self.participants.get_mut(&pid).expect("checked above");
-        let peer = self.peers.get_mut(&peer_id).expect("live peer");
+        let (Some(participant), Some(peer)) = (
+            self.participants.get_mut(&pid),
+            self.peers.get_mut(&peer_id),
+        ) else {
+            return;
+        };
+        participant.subscribe = Some(peer_id);
 
         for id in to_remove {
             if let Some(dt) = participant.downtracks.remove(&id) {
@@ -1492,8 +1684,12 @@ impl<D: Datagrams> Worker<D> {
         for id in to_add {
             self.add_downtrack(pid, peer_id, id);
         }
-        let participant = self.participants.get_mut(&pid).expect("checked above");
-        let peer = self.peers.get_mut(&peer_id).expect("live peer");
+        let (Some(participant), Some(peer)) = (
+            self.participants.get_mut(&pid),
+            self.peers.get_mut(&peer_id),
+        ) else {
+            return;
+        };
 
         let offer = peer
             .pc
@@ -1620,7 +1816,10 @@ impl<D: Datagrams> Worker<D> {
             let Some(dt) = participant.downtracks.get_mut(&track_id) else {
                 continue;
             };
-            let Some(peer) = participant.subscribe.and_then(|id| self.peers.get_mut(&id)) else {
+            let Some(leg_peer) = participant.subscribe else {
+                continue;
+            };
+            let Some(peer) = self.peers.get_mut(&leg_peer) else {
                 continue;
             };
             let Some(out_pt) = dt.out_pt.filter(|_| peer.connected) else {
@@ -1651,7 +1850,7 @@ impl<D: Datagrams> Worker<D> {
             self.unsent += 1;
             note_touch(
                 &mut self.touched,
-                participant.subscribe.expect("matched above"),
+                leg_peer,
                 &mut peer.touched,
                 Touched::Forwarded,
             );
@@ -1775,7 +1974,9 @@ impl<D: Datagrams> Worker<D> {
             self.remove_track(now, track);
         }
         let quality = self.quality(now, pid);
-        let participant = self.participants.remove(&pid).expect("checked above");
+        let Some(participant) = self.participants.remove(&pid) else {
+            return;
+        };
         self.emit(MediaEvent::ParticipantLeft {
             room: room.clone(),
             participant_id: pid.to_string(),
@@ -1896,7 +2097,123 @@ impl<D: Datagrams> Worker<D> {
 
     fn reap(&mut self) {
         while let Some((pid, reason)) = self.doomed.pop() {
-            self.remove_participant(Instant::now(), pid, reason);
+            self.guarded("removing a participant", |w| {
+                w.culprit = Some(pid);
+                w.remove_participant(Instant::now(), pid, reason);
+            });
+        }
+    }
+
+    // ---- panics -------------------------------------------------------------------------
+
+    /// Runs `f`; a panic in it is contained (`contain`) to `self.culprit`, which `f` sets to
+    /// the participant it is about once it knows.
+    fn guarded(&mut self, what: &'static str, f: impl FnOnce(&mut Self)) {
+        self.culprit = None;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+            self.contain(what, panic.as_ref());
+        }
+    }
+
+    /// `guarded`, about the participant that owns peer `id`.
+    fn with_peer(&mut self, id: PeerId, what: &'static str, f: impl FnOnce(&mut Self)) {
+        let Some(owner) = self.peers.get(&id).map(|p| p.owner) else {
+            return;
+        };
+        self.guarded(what, |w| {
+            w.culprit = Some(owner);
+            f(w)
+        });
+    }
+
+    /// After a panic: counts and logs it, and removes the participant it happened for (the
+    /// others get `participant_left` with reason `error`). If that panics too, the
+    /// participant's whole room is forgotten (`forget_room`). The worker goes on.
+    #[cold]
+    fn contain(&mut self, what: &'static str, panic: &(dyn Any + Send)) {
+        self.stats.panics += 1;
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let Some(pid) = self.culprit.take() else {
+            error!(what, message, "panic in the media worker; going on");
+            return;
+        };
+        let room = self.participants.get(&pid).map(|p| p.room.clone());
+        error!(what, message, participant = %pid, room = room.as_deref().unwrap_or("?"),
+            "panic in the media worker; removing the participant");
+        let removed = catch_unwind(AssertUnwindSafe(|| {
+            self.remove_participant(Instant::now(), pid, LeaveReason::Error)
+        }));
+        if removed.is_err() {
+            self.stats.panics += 1;
+            error!(participant = %pid, room = room.as_deref().unwrap_or("?"),
+                "removing the participant panicked too; dropping its room");
+            self.forget_room(pid, room.as_deref());
+        }
+    }
+
+    /// Drops participant `pid`'s room (or `pid` alone, if its room is unknown) without calling
+    /// into any of its connections: every member, its connections and its tracks are forgotten;
+    /// each member's session gets `participant_left` (reason `error`) for everyone, itself
+    /// included, and the call records get the leaves and the room's closing.
+    fn forget_room(&mut self, pid: ParticipantId, room: Option<&str>) {
+        if let Some(room) = room {
+            self.rooms.remove(room);
+        }
+        let members: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(id, p)| **id == pid || room.is_some_and(|r| p.room == r))
+            .map(|(id, _)| *id)
+            .chain(std::iter::once(pid))
+            .collect();
+        let forgotten: Vec<Participant> = members
+            .iter()
+            .filter_map(|id| self.participants.remove(id))
+            .collect();
+        let stale: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| members.contains(&p.owner))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut connections = Vec::new();
+        for id in stale {
+            if let Some(peer) = self.peers.remove(&id) {
+                self.by_ufrag.remove(&peer.ufrag);
+                for addr in &peer.addrs {
+                    self.by_addr.remove(addr);
+                }
+                connections.push(peer);
+            }
+        }
+        self.tracks.retain(|_, t| !members.contains(&t.owner));
+        for p in &forgotten {
+            self.emit(MediaEvent::ParticipantLeft {
+                room: p.room.clone(),
+                participant_id: p.id.to_string(),
+                user_id: p.user_id.clone(),
+                reason: LeaveReason::Error,
+                quality: Quality::default(),
+            });
+            for other in &forgotten {
+                let _ = p.events.try_send(ServerMessage::ParticipantLeft {
+                    participant_id: other.id.to_string(),
+                    reason: LeaveReason::Error.as_str().into(),
+                });
+            }
+        }
+        if let Some(room) = room {
+            self.emit(MediaEvent::RoomClosed {
+                room: room.to_owned(),
+            });
+        }
+        // `rtc`'s destructors run here; one that panics leaks the rest.
+        if catch_unwind(AssertUnwindSafe(move || drop(connections))).is_err() {
+            self.stats.panics += 1;
         }
     }
 
@@ -1932,17 +2249,19 @@ impl<D: Datagrams> Worker<D> {
         // Taken and given back, so its allocation is reused (nothing touches a peer in here).
         let mut touched = std::mem::take(&mut self.touched);
         for id in touched.drain(..) {
-            self.collect_writes(id);
-            if let Some(peer) = self.peers.get_mut(&id) {
-                match peer.touched {
-                    Touched::Yes => peer.next_timeout = peer.pc.poll_timeout(),
-                    Touched::ReadSrtp => {
-                        peer.next_timeout = peer.pc.poll_timeout_after_srtp_reads()
+            self.guarded("a connection's output", |w| {
+                w.collect_writes(id);
+                if let Some(peer) = w.peers.get_mut(&id) {
+                    match peer.touched {
+                        Touched::Yes => peer.next_timeout = peer.pc.poll_timeout(),
+                        Touched::ReadSrtp => {
+                            peer.next_timeout = peer.pc.poll_timeout_after_srtp_reads()
+                        }
+                        Touched::No | Touched::Forwarded => {}
                     }
-                    Touched::No | Touched::Forwarded => {}
+                    peer.touched = Touched::No;
                 }
-                peer.touched = Touched::No;
-            }
+            });
         }
         self.touched = touched;
         self.send_outbox();
@@ -1953,7 +2272,7 @@ impl<D: Datagrams> Worker<D> {
     fn send_written(&mut self) {
         let touched = std::mem::take(&mut self.touched);
         for id in &touched {
-            self.collect_writes(*id);
+            self.guarded("a connection's output", |w| w.collect_writes(*id));
         }
         self.touched = touched;
         self.send_outbox();
@@ -1964,6 +2283,7 @@ impl<D: Datagrams> Worker<D> {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        self.culprit = Some(peer.owner);
         let before = self.outbox.len();
         if matches!(peer.touched, Touched::Forwarded | Touched::ReadSrtp) {
             while let Some(msg) = peer.pc.poll_write_queued() {
@@ -1997,6 +2317,11 @@ impl<D: Datagrams> Worker<D> {
         self.unsent = 0;
         if self.outbox.is_empty() {
             return;
+        }
+        let before = self.outbox.len();
+        self.outbox.retain(|(to, _)| may_send_to(to));
+        for _ in self.outbox.len()..before {
+            self.stats.drop(Drop::ForbiddenDestination);
         }
         let count = self.outbox.len();
         self.stats.bytes_out += self.outbox.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
@@ -2035,6 +2360,35 @@ fn sleep_until_due(
     let strict = strict.map(|d| d.saturating_duration_since(now));
     let lax = lax.map(|d| d.saturating_duration_since(now) + TIMER_SLACK);
     strict.into_iter().chain(lax).min()
+}
+
+/// Whether the media socket may send to `to`: only to a unicast address and port a client
+/// could have sent from. Multicast (mDNS to 224.0.0.251), broadcast and unspecified addresses
+/// are never a client's.
+fn may_send_to(to: &SocketAddr) -> bool {
+    let unicast = match to.ip() {
+        IpAddr::V4(ip) => !(ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified()),
+        IpAddr::V6(ip) => !(ip.is_multicast() || ip.is_unspecified()),
+    };
+    unicast && to.port() != 0
+}
+
+/// `sdp` without the remote candidates `peer` does not take (`RemoteCandidates::filter_sdp`),
+/// counted in `stats`.
+fn without_ignored_candidates(
+    peer: &mut Peer,
+    sdp: String,
+    limit: usize,
+    stats: &mut WorkerStats,
+) -> String {
+    let mut ignored = IgnoredCandidates::default();
+    let filtered = match peer.candidates.filter_sdp(&sdp, limit, &mut ignored) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(s) => Some(s),
+    };
+    stats.candidates_ignored_mdns += ignored.mdns;
+    stats.candidates_ignored_over_limit += ignored.over_limit;
+    filtered.unwrap_or(sdp)
 }
 
 /// Applies a publish offer and returns the answer's SDP, or why it could not.
@@ -2206,3 +2560,7 @@ mod tests {
         assert_eq!(audio_level(&packet, &[0; 16]), None);
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod in_process_tests;

@@ -15,7 +15,7 @@ use super::protocol::{ClientMessage, ServerMessage};
 use crate::api::live::{NOTIFY_QUEUE, SessionGuard, admit, session_started};
 use crate::auth::{Claims, LEEWAY_SECS};
 use crate::bridge::{
-    Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE,
+    Command, JoinRequest, LeaveReason, MediaError, MediaHandle, PARTICIPANT_QUEUE, SessionKind,
 };
 use crate::http::{AppState, valid_room};
 
@@ -326,6 +326,7 @@ async fn handle(
             can_publish: c.can_publish,
             can_subscribe: c.can_subscribe,
             max_participants,
+            kind: SessionKind::Signal,
         };
         return match media
             .request(|reply| Command::Join {
