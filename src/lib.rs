@@ -29,6 +29,8 @@ pub mod api;
 pub mod auth;
 pub mod bridge;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod media;
 pub mod metrics;

@@ -541,7 +541,7 @@ async fn restart(
 }
 
 /// The candidates of a trickle-ice-sdpfrag (RFC 8840), each with the `a=mid` before it.
-fn trickle_candidates(frag: &str) -> Vec<CandidateInit> {
+pub(crate) fn trickle_candidates(frag: &str) -> Vec<CandidateInit> {
     let mut mid = None;
     let mut ufrag = None;
     let mut out = Vec::new();
