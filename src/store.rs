@@ -495,12 +495,13 @@ mod tests {
             .create(&new_call("c2", "cid", &["dan"], 1_000))
             .unwrap();
         let writes = store.write_latency().count;
+        // (user, participant, joins or leaves) → joined, or the call ended with the leave
         let events = vec![
-            ("room-c1".to_owned(), ("bob", "p1", true)),
+            ("room-c1".to_owned(), ("ann", "p3", true)),
             ("room-none".to_owned(), ("eve", "p9", true)),
             ("room-c2".to_owned(), ("dan", "p2", true)),
+            ("room-c1".to_owned(), ("bob", "p1", true)),
             ("room-c1".to_owned(), ("bob", "p1", false)),
-            ("room-c1".to_owned(), ("ann", "p3", true)),
         ];
         let results = store
             .apply_batch(events, |c, (user, pid, join)| {
@@ -513,7 +514,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             results,
-            [Some(true), None, Some(true), Some(false), Some(true)]
+            [Some(true), None, Some(true), Some(true), Some(false)]
         );
         assert_eq!(
             store.write_latency().count,
