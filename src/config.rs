@@ -139,7 +139,6 @@ pub struct Config {
           default_value_t = false)]
     pub dev_allow_remote: bool,
     // --- end of the connection-bounds block ---
-
     /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
     /// Flags and environment variables win over it.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]

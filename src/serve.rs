@@ -450,7 +450,10 @@ impl Throttle {
     /// Whether to log now, and how many were not logged before this one.
     fn tick(&mut self) -> Option<u64> {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
             self.suppressed += 1;
             return None;
         }
@@ -544,7 +547,12 @@ impl Connections {
         if !matches!(Phase::from_u8(phase), Phase::Head | Phase::Idle)
             || victim
                 .phase
-                .compare_exchange(phase, Phase::Done as u8, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    phase,
+                    Phase::Done as u8,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return;
@@ -568,7 +576,11 @@ impl Connections {
     }
 
     fn log_refusal(&self, ip: IpAddr, why: Refusal) {
-        let tick = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).tick();
+        let tick = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick();
         if let Some(before) = tick {
             let cap = match why {
                 Refusal::PerIp => format!("--max-connections-per-ip {}", self.limits.max_per_ip),
@@ -739,7 +751,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 
 /// The fixed answer of a refused connection.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-Content-Length: 89\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
+Content-Length: 85\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections; try again\"}}";
 
 /// Folds an IPv4-mapped IPv6 peer (a dual-stack listener) to its IPv4 address.
@@ -924,7 +936,10 @@ mod tests {
             "a source at its cap is refused even with room left"
         );
         assert_eq!(admission(1, 5, true, &l), Admission::AdmitReclaiming);
-        assert_eq!(admission(1, 5, false, &l), Admission::Refuse(Refusal::Total));
+        assert_eq!(
+            admission(1, 5, false, &l),
+            Admission::Refuse(Refusal::Total)
+        );
     }
 
     #[test]
@@ -949,7 +964,10 @@ mod tests {
         let text = std::str::from_utf8(REFUSED).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 "));
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "too_many_connections");
     }
