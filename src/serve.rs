@@ -84,7 +84,7 @@ pub fn raise_fd_limit() -> Result<FdLimit, String> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(format!("getrlimit: {}", io::Error::last_os_error()));
     }
-    let before = lim.rlim_cur as u64;
+    let before = lim.rlim_cur;
     let mut target = lim.rlim_max;
     if target == libc::RLIM_INFINITY {
         target = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -92,7 +92,7 @@ pub fn raise_fd_limit() -> Result<FdLimit, String> {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1 << 20);
     }
-    let hard = lim.rlim_max as u64;
+    let hard = lim.rlim_max;
     if lim.rlim_cur >= target {
         return Ok(FdLimit {
             before,
@@ -114,7 +114,7 @@ pub fn raise_fd_limit() -> Result<FdLimit, String> {
     }
     Ok(FdLimit {
         before,
-        soft: target as u64,
+        soft: target,
         hard,
     })
 }
@@ -129,7 +129,7 @@ pub fn fd_soft_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Descriptors kept back from HTTP connections under an open-file limit of `fd_limit`.
