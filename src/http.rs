@@ -461,11 +461,20 @@ mod tests {
             );
             assert!(dev_token_allowed(ip(local), true, true));
         }
-        for remote in ["198.18.0.1", "10.0.0.1", "0.0.0.0", "::ffff:198.18.0.1", "2001:db8::1"] {
+        for remote in [
+            "198.18.0.1",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::ffff:198.18.0.1",
+            "2001:db8::1",
+        ] {
             assert!(!dev_token_allowed(ip(remote), false, false), "{remote}");
             assert!(dev_token_allowed(ip(remote), false, true), "{remote}");
         }
-        assert!(!dev_token_allowed(None, false, false), "an unknown peer is not loopback");
+        assert!(
+            !dev_token_allowed(None, false, false),
+            "an unknown peer is not loopback"
+        );
         assert!(dev_token_allowed(None, false, true));
     }
 

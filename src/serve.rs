@@ -84,7 +84,7 @@ pub fn raise_fd_limit() -> Result<FdLimit, String> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(format!("getrlimit: {}", io::Error::last_os_error()));
     }
-    let before = lim.rlim_cur as u64;
+    let before = lim.rlim_cur;
     let mut target = lim.rlim_max;
     if target == libc::RLIM_INFINITY {
         target = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -92,7 +92,7 @@ pub fn raise_fd_limit() -> Result<FdLimit, String> {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1 << 20);
     }
-    let hard = lim.rlim_max as u64;
+    let hard = lim.rlim_max;
     if lim.rlim_cur >= target {
         return Ok(FdLimit {
             before,
@@ -114,7 +114,7 @@ pub fn raise_fd_limit() -> Result<FdLimit, String> {
     }
     Ok(FdLimit {
         before,
-        soft: target as u64,
+        soft: target,
         hard,
     })
 }
@@ -129,7 +129,7 @@ pub fn fd_soft_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Descriptors kept back from HTTP connections under an open-file limit of `fd_limit`.
@@ -450,7 +450,10 @@ impl Throttle {
     /// Whether to log now, and how many were not logged before this one.
     fn tick(&mut self) -> Option<u64> {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
             self.suppressed += 1;
             return None;
         }
@@ -544,7 +547,12 @@ impl Connections {
         if !matches!(Phase::from_u8(phase), Phase::Head | Phase::Idle)
             || victim
                 .phase
-                .compare_exchange(phase, Phase::Done as u8, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    phase,
+                    Phase::Done as u8,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return;
@@ -568,7 +576,11 @@ impl Connections {
     }
 
     fn log_refusal(&self, ip: IpAddr, why: Refusal) {
-        let tick = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).tick();
+        let tick = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick();
         if let Some(before) = tick {
             let cap = match why {
                 Refusal::PerIp => format!("--max-connections-per-ip {}", self.limits.max_per_ip),
@@ -739,7 +751,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 
 /// The fixed answer of a refused connection.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-Content-Length: 89\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
+Content-Length: 85\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections; try again\"}}";
 
 /// Folds an IPv4-mapped IPv6 peer (a dual-stack listener) to its IPv4 address.
@@ -924,7 +936,10 @@ mod tests {
             "a source at its cap is refused even with room left"
         );
         assert_eq!(admission(1, 5, true, &l), Admission::AdmitReclaiming);
-        assert_eq!(admission(1, 5, false, &l), Admission::Refuse(Refusal::Total));
+        assert_eq!(
+            admission(1, 5, false, &l),
+            Admission::Refuse(Refusal::Total)
+        );
     }
 
     #[test]
@@ -949,7 +964,10 @@ mod tests {
         let text = std::str::from_utf8(REFUSED).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 "));
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "too_many_connections");
     }

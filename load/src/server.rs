@@ -90,7 +90,13 @@ impl Server {
             .args(["--udp-port", &udp_port.to_string()])
             .arg("--data-dir")
             .arg(&data_dir.0)
-            .args(extra)
+            .args(extra);
+        // Every participant connects from 127.0.0.1: lift the per-source cap (default 256)
+        // unless the caller sets it.
+        if !extra.iter().any(|a| a.starts_with("--max-connections-per-ip")) {
+            command.args(["--max-connections-per-ip", "1000000"]);
+        }
+        command
             .env(
                 "RUST_LOG",
                 std::env::var("SWITCHBOARD_LOAD_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
