@@ -195,7 +195,6 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub media_start_timeout: u64,
     // ---- end of media-plane limits ----
-
     /// TOML file of settings, keys as the flags in snake_case (e.g. `udp_port = 7882`).
     /// Flags and environment variables win over it.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]

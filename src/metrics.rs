@@ -251,7 +251,11 @@ impl Metrics {
             "counter",
             "Tracks not opened because their publisher already publishes 8.",
         );
-        let _ = writeln!(out, "switchboard_tracks_refused_total {}", sum.tracks_refused);
+        let _ = writeln!(
+            out,
+            "switchboard_tracks_refused_total {}",
+            sum.tracks_refused
+        );
 
         family(
             &mut out,

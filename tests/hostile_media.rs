@@ -44,7 +44,10 @@ async fn metric(server: &TestServer, series: &str) -> Option<f64> {
 
 /// A candidate line for made-up host address number `i`.
 fn candidate(i: u32, host: &str) -> String {
-    format!("candidate:{i} 1 udp 2122260223 {host} {} typ host generation 0", 1024 + i % 60000)
+    format!(
+        "candidate:{i} 1 udp 2122260223 {host} {} typ host generation 0",
+        1024 + i % 60000
+    )
 }
 
 fn ip(i: u32) -> String {
@@ -58,7 +61,9 @@ async fn call(server: &TestServer, room: &str) -> (Participant, Participant) {
     receiver
         .wait_for("media", Duration::from_secs(20), |p| {
             p.received_from(&publisher.id).len() == 2
-                && p.received_from(&publisher.id).iter().all(|r| r.packets > 20)
+                && p.received_from(&publisher.id)
+                    .iter()
+                    .all(|r| r.packets > 20)
         })
         .await;
     (publisher, receiver)
@@ -94,7 +99,10 @@ async fn candidate_floods_and_mdns_candidates_cost_only_the_attacker() {
     let idle_rss = rss_kib(&server);
     let calm_before = rate(&bob, &alice.id, Duration::from_secs(2)).await;
     let noisy_before = rate(&dave, &carol.id, Duration::from_secs(2)).await;
-    assert!(calm_before > 30.0 && noisy_before > 30.0, "{calm_before} {noisy_before}");
+    assert!(
+        calm_before > 30.0 && noisy_before > 30.0,
+        "{calm_before} {noisy_before}"
+    );
 
     // 10 000 distinct candidates and 200 mDNS ones for the publish connection, over /ws.
     let calm_count = packets(&bob, &alice.id);
@@ -136,7 +144,10 @@ async fn candidate_floods_and_mdns_candidates_cost_only_the_attacker() {
         server.http,
         "POST",
         "/whip/noisy",
-        &[("Content-Type", "application/sdp"), ("Authorization", &bearer)],
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &bearer),
+        ],
         &offer,
     )
     .await;
@@ -144,7 +155,8 @@ async fn candidate_floods_and_mdns_candidates_cost_only_the_attacker() {
     let location = header(&headers, "location").unwrap().to_owned();
     let etag = header(&headers, "etag").unwrap().to_owned();
     let frag = |lines: &mut dyn Iterator<Item = String>| {
-        let mut f = String::from("a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=mid:0\r\n");
+        let mut f =
+            String::from("a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=mid:0\r\n");
         for l in lines {
             f.push_str(&format!("a={l}\r\n"));
         }
@@ -163,21 +175,31 @@ async fn candidate_floods_and_mdns_candidates_cost_only_the_attacker() {
         }
     };
     // 5 000 in one PATCH are over the body limit (256 KiB); 3 000 are over the candidate limit.
-    let (status, _, _) = patch(frag(&mut (0..5000).map(|i| candidate(i, &ip(i + (1 << 20)))))).await;
+    let (status, _, _) = patch(frag(
+        &mut (0..5000).map(|i| candidate(i, &ip(i + (1 << 20)))),
+    ))
+    .await;
     assert_eq!(status, 413);
-    let (status, _, body) = patch(frag(&mut (0..3000).map(|i| candidate(i, &ip(i + (1 << 20)))))).await;
+    let (status, _, body) = patch(frag(
+        &mut (0..3000).map(|i| candidate(i, &ip(i + (1 << 20)))),
+    ))
+    .await;
     assert_eq!(status, 400, "a fragment over the limit: {body}");
     assert!(body.contains("bad_candidate"), "{body}");
     let mut accepted = 0;
     for i in 0..40u32 {
-        let (status, _, _) = patch(frag(&mut std::iter::once(candidate(i, &ip(i + (2 << 20)))))).await;
+        let (status, _, _) =
+            patch(frag(&mut std::iter::once(candidate(i, &ip(i + (2 << 20)))))).await;
         if status == 204 {
             accepted += 1;
         } else {
             assert_eq!(status, 400);
         }
     }
-    assert_eq!(accepted, 32, "the connection takes --max-remote-candidates (32)");
+    assert_eq!(
+        accepted, 32,
+        "the connection takes --max-remote-candidates (32)"
+    );
     let mdns = candidate(7, "0f0e0d0c-1111-4222-8333-444455556666.local");
     let (status, _, _) = patch(frag(&mut std::iter::once(mdns))).await;
     assert_eq!(status, 204, "an mDNS candidate is ignored, not refused");
@@ -201,7 +223,10 @@ async fn candidate_floods_and_mdns_candidates_cost_only_the_attacker() {
         metric(&server, over_limit).await.unwrap(),
         metric(&server, mdns_series).await.unwrap(),
     );
-    assert!(over >= 8.0 && mdns >= 1.0, "over the limit {over}, mDNS {mdns}");
+    assert!(
+        over >= 8.0 && mdns >= 1.0,
+        "over the limit {over}, mDNS {mdns}"
+    );
     if !rate_limited {
         assert!(over >= (10_000 - 32 + 8) as f64, "over the limit: {over}");
         assert_eq!(mdns, 201.0);
@@ -243,7 +268,10 @@ async fn candidate_floods_and_mdns_candidates_cost_only_the_attacker() {
     assert!(status == 200 || status == 404, "{status}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&server, "switchboard_participants").await != Some(4.0) {
-        assert!(Instant::now() < deadline, "the attacker's participants stay");
+        assert!(
+            Instant::now() < deadline,
+            "the attacker's participants stay"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     nobody_left(&[&alice, &bob]);
@@ -374,7 +402,8 @@ async fn the_same_user_joining_twice_replaces_the_first_session() {
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let first = Participant::join_with_token(&server, &alice, &room, Some(common::Video::Vp8)).await;
+    let first =
+        Participant::join_with_token(&server, &alice, &room, Some(common::Video::Vp8)).await;
     let bob_p = Participant::join_with_token(&server, &bob, &room, None).await;
     bob_p
         .wait_for("alice's media", Duration::from_secs(20), |p| {
@@ -397,16 +426,17 @@ async fn the_same_user_joining_twice_replaces_the_first_session() {
     first
         .wait_for("being told", Duration::from_secs(5), |p| {
             p.events_of("error").iter().any(|e| e["code"] == "replaced")
-                && p.events_of("participant_left").iter().any(|e| {
-                    e["participant_id"] == first.id.as_str() && e["reason"] == "replaced"
-                })
+                && p.events_of("participant_left")
+                    .iter()
+                    .any(|e| e["participant_id"] == first.id.as_str() && e["reason"] == "replaced")
         })
         .await;
     bob_p
         .wait_for("the replacement", Duration::from_secs(20), |p| {
-            p.events_of("participant_left").iter().any(|e| {
-                e["participant_id"] == first.id.as_str() && e["reason"] == "replaced"
-            }) && packets(p, &second.id) > 20
+            p.events_of("participant_left")
+                .iter()
+                .any(|e| e["participant_id"] == first.id.as_str() && e["reason"] == "replaced")
+                && packets(p, &second.id) > 20
         })
         .await;
     assert_eq!(metric(&server, "switchboard_participants").await, Some(2.0));
@@ -421,10 +451,15 @@ async fn the_same_user_joining_twice_replaces_the_first_session() {
     // The call goes on; alice's record has both stays, the first ended as `replaced`.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (state, record) = loop {
-        let (status, body) =
-            http_request(server.http, "GET", &format!("/api/calls/{call_id}"), Some(&alice), None)
-                .await
-                .unwrap();
+        let (status, body) = http_request(
+            server.http,
+            "GET",
+            &format!("/api/calls/{call_id}"),
+            Some(&alice),
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(status, 200, "{body}");
         let state = body["call"].clone();
         let record = state["participants"]
@@ -453,8 +488,7 @@ async fn the_same_user_joining_twice_replaces_the_first_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_join_that_never_starts_media_is_removed_after_the_timeout() {
     const SECRET: &str = "a-secret-for-the-media-start-test";
-    let server =
-        TestServer::start(&["--jwt-secret", SECRET, "--media-start-timeout", "2"]).await;
+    let server = TestServer::start(&["--jwt-secret", SECRET, "--media-start-timeout", "2"]).await;
     let mint = minter(SECRET);
     let carol = Participant::join_with_token(
         &server,
@@ -465,7 +499,8 @@ async fn a_join_that_never_starts_media_is_removed_after_the_timeout() {
     .await;
     // An honest participant that answers; one without camera or microphone, alone in a room.
     let dave = Participant::join_with_token(&server, &mint("u-dave", true), "lazy", None).await;
-    let lonely = Participant::join_with_token(&server, &mint("u-lonely", true), "alone", None).await;
+    let lonely =
+        Participant::join_with_token(&server, &mint("u-lonely", true), "alone", None).await;
 
     // A join that never answers its subscribe offer, and a publish-only join that never offers.
     let mut idle = common::Signal::connect(&server.ws_url()).await;

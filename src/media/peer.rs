@@ -573,17 +573,27 @@ mod tests {
             c.admit("candidate:3 1 udp 1 192.0.2.3 5000 typ host", 2),
             CandidateVerdict::OverLimit
         );
-        assert_eq!(c.admit(HOST, 2), CandidateVerdict::Known, "known stays known");
+        assert_eq!(
+            c.admit(HOST, 2),
+            CandidateVerdict::Known,
+            "known stays known"
+        );
         assert_eq!(c.len(), 2);
         let mdns = "candidate:4 1 udp 1 1f7bd2a4-25cb-4b9e-a1a2-4d6d22b1e0d6.local 5000 typ host";
         assert_eq!(c.admit(mdns, 10), CandidateVerdict::Mdns);
-        assert_eq!(c.admit("candidate:garbage", 10), CandidateVerdict::Malformed);
+        assert_eq!(
+            c.admit("candidate:garbage", 10),
+            CandidateVerdict::Malformed
+        );
         // Not ASCII where the `.local` check looks: no panic on a char boundary.
         assert_eq!(
             c.admit("candidate:1 1 udp 1 aé€local 5 typ host", 10),
             CandidateVerdict::New
         );
-        let long = format!("candidate:1 1 udp 1 192.0.2.9 1 typ host {}", "x ".repeat(300));
+        let long = format!(
+            "candidate:1 1 udp 1 192.0.2.9 1 typ host {}",
+            "x ".repeat(300)
+        );
         assert_eq!(c.admit(&long, 10), CandidateVerdict::Malformed);
         // The same address as relay is another candidate.
         assert_eq!(
@@ -615,7 +625,13 @@ mod tests {
              a=candidate:3 1 udp 2122260223 192.0.2.3 61764 typ host\r\n\
              a=end-of-candidates\r\n"
         );
-        assert_eq!(ignored, IgnoredCandidates { mdns: 1, over_limit: 1 });
+        assert_eq!(
+            ignored,
+            IgnoredCandidates {
+                mdns: 1,
+                over_limit: 1
+            }
+        );
         // Nothing left out: the SDP is not copied.
         let plain = "v=0\r\nm=audio 9 x\r\n";
         assert!(matches!(

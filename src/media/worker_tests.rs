@@ -310,7 +310,10 @@ impl Rig {
         call.subscriber_events = events;
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.clients[call.subscriber].rtp_received == 0 {
-            assert!(Instant::now() < deadline, "video did not reach the subscriber");
+            assert!(
+                Instant::now() < deadline,
+                "video did not reach the subscriber"
+            );
             self.publish_frame(&mut call, true);
             self.exchange();
             std::thread::sleep(Duration::from_millis(2));
