@@ -392,6 +392,8 @@ impl Config {
             malformed: self.ws_rate_malformed,
             abuse: self.ws_abuse_limit,
         }
+    }
+
     /// The bounds of HTTP connections under an open-file limit of `fd_limit`, and a warning
     /// when `--max-connections` leaves less than the reserve of `serve::fd_reserve` free.
     pub fn connection_limits(&self, fd_limit: u64) -> (crate::serve::Limits, Option<String>) {
