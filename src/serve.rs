@@ -5,11 +5,12 @@
 //!   stay silent for `idle_timeout`; a request whose body or response stops moving for
 //!   `idle_timeout` is closed too. A connection that upgraded to a WebSocket leaves all of this:
 //!   its own pings govern it.
-//! - **Number.** At most `max_per_ip` connections from one source address (a new one past that
-//!   is refused) and `max_total` in all, kept below the open-file limit. At the total cap a new
-//!   connection first reclaims the oldest connection that is idle between requests or has not
-//!   finished its request head (as nginx reuses keep-alive connections when it runs out); only
-//!   when every connection is busy (a request in flight, a WebSocket) is it refused.
+//! - **Number.** At most `max_per_ip` connections from one source address (an IPv6 source is
+//!   its /64; a new one past that is refused) and `max_total` in all, kept below the open-file
+//!   limit. At the total cap a new connection first reclaims the oldest connection that is idle
+//!   between requests or has not finished its request head (as nginx reuses keep-alive
+//!   connections when it runs out); only when every connection is busy (a request in flight, a
+//!   WebSocket) is it refused.
 //! - **Refusing is cheap**: the accepted socket gets a fixed 503 with one non-blocking write,
 //!   nothing is read, and it is closed at once. Refusals are counted in `/metrics` and logged at
 //!   most once per `REFUSAL_LOG_EVERY`.
@@ -496,9 +497,10 @@ impl Connections {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a connection from `ip` (a `Ticket` that releases its place when dropped), or
+    /// Admits a connection from `ip` (counted by `source_key`; a `Ticket` that releases its place when dropped), or
     /// says why not.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
+        let ip = source_key(ip);
         let mut table = self.table();
         let from_ip = table.by_ip.get(&ip).copied().unwrap_or(0);
         let total = table.open.len();
@@ -754,6 +756,18 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: appli
 Content-Length: 85\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections; try again\"}}";
 
+/// The source a connection counts against for `max_per_ip`: its IPv4 address, or its IPv6
+/// /64 prefix (one subscriber's network hands out a whole /64).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if !v6.is_loopback() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        other => other,
+    }
+}
+
 /// Folds an IPv4-mapped IPv6 peer (a dual-stack listener) to its IPv4 address.
 pub fn canonical(peer: SocketAddr) -> SocketAddr {
     match peer.ip() {
@@ -949,6 +963,22 @@ mod tests {
         assert_eq!(max_total_for(20_000), 15_000);
         assert_eq!(max_total_for(1 << 20), DEFAULT_MAX_TOTAL_CEILING);
         assert_eq!(max_total_for(100), 16, "a tiny limit still serves a few");
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_their_64_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source_key(ip("2001:db8:1:2:ffff::9")),
+            source_key(ip("2001:db8:1:2::7"))
+        );
+        assert_ne!(
+            source_key(ip("2001:db8:1:3::1")),
+            source_key(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(source_key(ip("198.18.0.1")), ip("198.18.0.1"));
+        assert_eq!(source_key(ip("::1")), ip("::1"));
     }
 
     #[test]

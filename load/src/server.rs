@@ -93,7 +93,10 @@ impl Server {
             .args(extra);
         // Every participant connects from 127.0.0.1: lift the per-source cap (default 256)
         // unless the caller sets it.
-        if !extra.iter().any(|a| a.starts_with("--max-connections-per-ip")) {
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--max-connections-per-ip"))
+        {
             command.args(["--max-connections-per-ip", "1000000"]);
         }
         command
