@@ -204,8 +204,8 @@ async fn a_signaling_flood_costs_only_the_flooder() {
         limited[0]
     );
     assert!(
-        limited.len() <= 60,
-        "the refusals are bounded too: {}",
+        (50..=60).contains(&limited.len()),
+        "every refusal reached mallory, and they are bounded: {}",
         limited.len()
     );
     eprintln!(
