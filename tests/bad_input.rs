@@ -127,8 +127,10 @@ async fn an_oversized_message_is_refused() {
     s.send(json!({"type": "auth", "token": "x".repeat(2 * 1024 * 1024)}));
     // The server refuses a message over its transport limit (1 MiB) by closing the socket;
     // one over the protocol's 256 KiB but under 1 MiB gets bad_message (hostile_signaling.rs).
-    let _ = s.recv(Duration::from_secs(3)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = s.recv(Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!(reply["code"], "bad_message", "{reply}");
+    // (the server lets its last frames leave for half a second before it closes)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(s.closed.load(std::sync::atomic::Ordering::SeqCst));
     // and stays healthy
     assert_eq!(

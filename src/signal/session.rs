@@ -110,7 +110,6 @@ where
     tokio::pin!(deadline);
     let mut armed_exp: Option<u64> = None;
     let mut limiter = Limiter::new(&state.config.ws_limits(), std::time::Instant::now());
-    let mut leave_reason = LeaveReason::Disconnected;
 
     let span = info_span!(
         "session",
@@ -172,7 +171,19 @@ where
                             warn!(kind = kind.as_str(), "closing a session that keeps going over its rate limits");
                             let message = format!("too many messages over the rate limits (last: {}); closing", kind.as_str());
                             let _ = send(&mut output, error("rate_limited", &message)).await;
-                            leave_reason = LeaveReason::Kicked;
+                            if let Some(j) = joined.take() {
+                                let _ = j.media.send(Command::Leave { participant_id: j.participant_id, reason: LeaveReason::Kicked });
+                            }
+                            let _ = output.send(Frame::Close).await;
+                            // Read (and drop) what the client is still sending for a moment:
+                            // closing on unread data would reset the connection and lose
+                            // the error on its way to the client.
+                            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                                while let Some(frame) = input.next().await {
+                                    if frame == Frame::Close { break }
+                                }
+                            })
+                            .await;
                             break;
                         }
                     }
@@ -229,7 +240,7 @@ where
             }
         }
         if let Some(j) = joined.take() {
-            let _ = j.media.send(Command::Leave { participant_id: j.participant_id, reason: leave_reason });
+            let _ = j.media.send(Command::Leave { participant_id: j.participant_id, reason: LeaveReason::Disconnected });
         }
         let _ = output.send(Frame::Close).await;
     }
