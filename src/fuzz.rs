@@ -966,6 +966,7 @@ impl Rig {
                 can_publish,
                 can_subscribe,
                 max_participants: 20,
+                kind: bridge::SessionKind::Signal,
             },
             events,
             reply,
