@@ -493,6 +493,15 @@ fn with_rig(counted: bool, f: impl FnOnce(&mut Rig)) {
     RIG.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|rig| !rig.healthy()) {
+            if std::env::var_os("SWITCHBOARD_FUZZ_DEBUG").is_some()
+                && let Some(rig) = slot.as_ref()
+            {
+                eprintln!(
+                    "fuzz: rebuilding the rig after {} inputs ({})",
+                    rig.inputs,
+                    rig.why_unhealthy()
+                );
+            }
             *slot = None; // drop the old worker before building the next
             *slot = Some(Rig::new(None));
         }
@@ -1141,6 +1150,18 @@ impl Rig {
             if participants != Some(3) {
                 self.broken = true;
             }
+        }
+    }
+
+    fn why_unhealthy(&self) -> &'static str {
+        if self.broken {
+            "a participant is gone or a command went unanswered"
+        } else if self.built.elapsed() >= RIG_LIFETIME {
+            "old"
+        } else if !self.clients.iter().all(|c| c.connected) {
+            "a client disconnected"
+        } else {
+            "healthy"
         }
     }
 
