@@ -58,8 +58,11 @@ use crate::media::peer::{add_host_candidate, media_sections};
 use crate::media::stats::{Drop, WorkerStats};
 use crate::signal::protocol::{ClientMessage, MediaState, PcKind, ServerMessage, TrackSource};
 
+/// An entry point: arbitrary bytes in, never a panic.
+pub type Target = fn(&[u8]);
+
 /// Every entry point by name: the names of `fuzz/fuzz_targets/*.rs` and `fuzz/corpus/*/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("datagram", datagram),
     ("media_packet", media_packet),
     ("ws_message", ws_message),
@@ -932,17 +935,15 @@ impl Rig {
             b"a=ice-ufrag:Newufrag\r\na=ice-pwd:NewPasswordNewPasswordNew\r\n".to_vec(),
         ));
 
-        // A WHEP viewer's offer: recvonly video (and audio) from a client.
+        // A WHEP viewer's offer: recvonly video from a client.
         let mut viewer = Client::new("127.0.0.1:40003".parse().expect("constant addr"));
-        for kind in [RtpCodecKind::Video] {
-            let _ = viewer.pc.add_transceiver_from_kind(
-                kind,
-                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
-                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            );
-        }
+        let _ = viewer.pc.add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        );
         if let Ok(offer) = viewer.pc.create_offer(None) {
             seeds.push(("whep_offer", offer.sdp.into_bytes()));
         }
