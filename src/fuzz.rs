@@ -58,8 +58,11 @@ use crate::media::peer::{add_host_candidate, media_sections};
 use crate::media::stats::{Drop, WorkerStats};
 use crate::signal::protocol::{ClientMessage, MediaState, PcKind, ServerMessage, TrackSource};
 
+/// An entry point: arbitrary bytes in, never a panic.
+pub type Target = fn(&[u8]);
+
 /// Every entry point by name: the names of `fuzz/fuzz_targets/*.rs` and `fuzz/corpus/*/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("datagram", datagram),
     ("media_packet", media_packet),
     ("ws_message", ws_message),
@@ -493,6 +496,15 @@ fn with_rig(counted: bool, f: impl FnOnce(&mut Rig)) {
     RIG.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|rig| !rig.healthy()) {
+            if std::env::var_os("SWITCHBOARD_FUZZ_DEBUG").is_some()
+                && let Some(rig) = slot.as_ref()
+            {
+                eprintln!(
+                    "fuzz: rebuilding the rig after {} inputs ({})",
+                    rig.inputs,
+                    rig.why_unhealthy()
+                );
+            }
             *slot = None; // drop the old worker before building the next
             *slot = Some(Rig::new(None));
         }
@@ -923,17 +935,15 @@ impl Rig {
             b"a=ice-ufrag:Newufrag\r\na=ice-pwd:NewPasswordNewPasswordNew\r\n".to_vec(),
         ));
 
-        // A WHEP viewer's offer: recvonly video (and audio) from a client.
+        // A WHEP viewer's offer: recvonly video from a client.
         let mut viewer = Client::new("127.0.0.1:40003".parse().expect("constant addr"));
-        for kind in [RtpCodecKind::Video] {
-            let _ = viewer.pc.add_transceiver_from_kind(
-                kind,
-                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
-                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            );
-        }
+        let _ = viewer.pc.add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        );
         if let Ok(offer) = viewer.pc.create_offer(None) {
             seeds.push(("whep_offer", offer.sdp.into_bytes()));
         }
@@ -1142,6 +1152,18 @@ impl Rig {
             if participants != Some(3) {
                 self.broken = true;
             }
+        }
+    }
+
+    fn why_unhealthy(&self) -> &'static str {
+        if self.broken {
+            "a participant is gone or a command went unanswered"
+        } else if self.built.elapsed() >= RIG_LIFETIME {
+            "old"
+        } else if !self.clients.iter().all(|c| c.connected) {
+            "a client disconnected"
+        } else {
+            "healthy"
         }
     }
 

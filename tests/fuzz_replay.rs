@@ -307,6 +307,30 @@ fn whip_patch() {
     replay("whip_patch");
 }
 
+/// Runs every file of `$FUZZ_INPUTS` (a directory) through target `$FUZZ_TARGET`, e.g. the
+/// corpus libFuzzer grew, to see on stable what it does (`SWITCHBOARD_FUZZ_DEBUG=1` tells
+/// when and why the rig is rebuilt).
+#[test]
+#[ignore = "replays a directory named in the environment; run by hand"]
+fn replay_inputs() {
+    let target = std::env::var("FUZZ_TARGET").expect("FUZZ_TARGET");
+    let dir = std::env::var("FUZZ_INPUTS").expect("FUZZ_INPUTS");
+    let entry = TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .map(|(_, f)| *f)
+        .expect("a target of switchboard::fuzz");
+    let started = Instant::now();
+    let mut n = 0;
+    for entry_ in std::fs::read_dir(&dir).expect("FUZZ_INPUTS is a directory") {
+        let path = entry_.expect("directory entry").path();
+        let input = std::fs::read(&path).expect("input reads");
+        run(&target, entry, &path.display().to_string(), &input);
+        n += 1;
+    }
+    eprintln!("{target}: {n} inputs in {:.1?}", started.elapsed());
+}
+
 /// Writes `switchboard::fuzz::seed_inputs()` into `fuzz/corpus/<target>/`, named by their
 /// SHA-1 as libFuzzer names its own.
 #[test]
