@@ -142,6 +142,10 @@ pub struct Participant {
     /// kind replaces it).
     pub kind: SessionKind,
     pub media: MediaState,
+    /// Whether the client has told its media state yet: its first `media_state` is always
+    /// news (the call record may hold another state from an earlier stay), later ones only
+    /// when they change.
+    pub media_told: bool,
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub events: mpsc::Sender<ServerMessage>,

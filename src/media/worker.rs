@@ -509,6 +509,7 @@ impl<D: Datagrams> Worker<D> {
             name: request.name,
             kind: request.kind,
             media: MediaState::default(),
+            media_told: false,
             can_publish: request.can_publish,
             can_subscribe: request.can_subscribe,
             events,
@@ -990,9 +991,10 @@ impl<D: Datagrams> Worker<D> {
         let participant = self.participants.get_mut(&pid).expect("looked up above");
         // Only a change is news: a repeated state is neither recorded nor relayed, so a
         // burst of them costs the others nothing.
-        if participant.media == state {
+        if participant.media_told && participant.media == state {
             return;
         }
+        participant.media_told = true;
         participant.media = state;
         let room = participant.room.clone();
         let event = MediaEvent::MediaStateChanged {
