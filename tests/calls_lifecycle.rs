@@ -120,6 +120,22 @@ async fn a_call_rings_is_answered_carries_media_and_ends_with_its_record() {
     assert_eq!(change["source"], "media");
     assert_eq!(change["video"], false);
 
+    // bob's first media_state is the media plane's starting state (everything off), but his
+    // record still says his camera is on: a first state is news and is recorded.
+    bob.signal
+        .lock()
+        .await
+        .send(json!({"type": "media_state", "audio": false, "video": false, "screen": false}));
+    wait_call(
+        &server,
+        &id,
+        "alice",
+        "bob's first media state",
+        Duration::from_secs(5),
+        |c| participant(c, "bob")["media"]["video"] == false,
+    )
+    .await;
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     bob.leave().await;
     let call = wait_call(

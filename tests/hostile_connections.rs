@@ -434,11 +434,12 @@ async fn one_source_over_its_cap_is_refused_while_another_gets_in() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("too_many_connections"), "{text}");
-    // A request from that source is refused too.
-    assert_eq!(
-        get_from(greedy, server.http, "/healthz").await.unwrap().0,
-        503
-    );
+    // A request from that source is refused too: the 503, or a reset when the server closed
+    // the socket with the request unread in it (the refusal reads nothing, by design).
+    match get_from(greedy, server.http, "/healthz").await {
+        Ok((status, _)) => assert_eq!(status, 503),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
 
     // Another source is served, at once.
     let (status, took) = get_from(attacker(21), server.http, "/healthz")
