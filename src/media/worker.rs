@@ -985,10 +985,13 @@ impl<D: Datagrams> Worker<D> {
     }
 
     fn media_state(&mut self, participant_id: &str, state: MediaState) {
-        let Ok(pid) = self.lookup(participant_id) else {
+        let Some((pid, participant)) = participant_id
+            .parse()
+            .ok()
+            .and_then(|id| Some((id, self.participants.get_mut(&id)?)))
+        else {
             return;
         };
-        let participant = self.participants.get_mut(&pid).expect("looked up above");
         // Only a change is news: a repeated state is neither recorded nor relayed, so a
         // burst of them costs the others nothing.
         if participant.media_told && participant.media == state {
