@@ -14,6 +14,8 @@ command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v curl >/dev/null 2>&1 || missing+=(curl)          # a client inside a test's namespace
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux) # a server under a low open-file limit
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
